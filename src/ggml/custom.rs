@@ -1,0 +1,1 @@
+//! Custom CPU operations (DyCoke's temporal merging runs as one).

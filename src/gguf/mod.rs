@@ -1,0 +1,14 @@
+//! GGUF: our reader and writer (memmap2 + byteorder), and the one table of tensor names and keys.
+
+mod error;
+pub mod names;
+mod reader;
+mod types;
+mod value;
+mod writer;
+
+pub use error::GgufError;
+pub use reader::{parse, tensor_bytes, GgufFile, GgufLayout, TensorInfo, DEFAULT_ALIGNMENT, MAX_TENSOR_NAME};
+pub use types::GgmlType;
+pub use value::{Array, Value, ValueType};
+pub use writer::{GgufWriter, TensorDataWriter};
