@@ -6,6 +6,8 @@ pub mod ggml;
 pub mod gguf;
 pub mod llm;
 pub mod nn;
+pub mod sampler;
+pub mod tokenizer;
 pub mod weights;
 
 pub use error::{Error, Result};

@@ -1,1 +1,5 @@
-pub fn _placeholder() {}
+//! gguf-tools: make, convert, quantize and inspect the GGUF files dycoke runs.
+
+pub mod quantize;
+pub mod random;
+pub mod vocab;

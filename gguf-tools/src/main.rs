@@ -1,1 +1,111 @@
-fn main() {}
+//! The gguf-tools command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use dycoke::gguf::{GgmlType, GgufFile};
+use gguf_tools::random::{write_qwen2, Qwen2Spec};
+use gguf_tools::vocab::Vocab;
+
+#[derive(Parser)]
+#[command(name = "gguf-tools", version, about = "Make, convert, quantize and inspect GGUF files for dycoke")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print a GGUF file's metadata and tensors.
+    Inspect {
+        file: PathBuf,
+        /// List every tensor (default: a summary by type).
+        #[arg(long)]
+        tensors: bool,
+    },
+    /// Write a random-weight Qwen2 model (for tests and benchmarks).
+    Random {
+        /// Output file.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Weight type of the matrices: f32, f16, bf16, q8_0, q4_0, q5_0, q4_k, q5_k, q6_k.
+        #[arg(long = "type", default_value = "f32", value_parser = parse_type)]
+        weight_type: GgmlType,
+        #[arg(long, default_value_t = 256)]
+        n_embd: usize,
+        #[arg(long, default_value_t = 4)]
+        n_layer: usize,
+        #[arg(long, default_value_t = 4)]
+        n_head: usize,
+        #[arg(long, default_value_t = 2)]
+        n_head_kv: usize,
+        #[arg(long, default_value_t = 512)]
+        n_ff: usize,
+        /// Training context length written to the file.
+        #[arg(long, default_value_t = 4096)]
+        n_ctx: usize,
+        /// Reuse the embedding matrix as the output matrix.
+        #[arg(long)]
+        tied: bool,
+        /// Take the vocabulary (all tokenizer.* keys) from this GGUF instead of the built-in one.
+        #[arg(long)]
+        vocab_from: Option<PathBuf>,
+        /// Merges of the built-in vocabulary.
+        #[arg(long, default_value_t = 1000)]
+        n_merges: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+    /// Quantize an F32/F16/BF16 GGUF with ggml's quantizers.
+    Quantize {
+        input: PathBuf,
+        output: PathBuf,
+        /// Target type: f32, f16, bf16, q8_0, q4_0, q5_0, q4_k, q5_k, q6_k.
+        #[arg(value_parser = parse_type)]
+        target: GgmlType,
+    },
+}
+
+fn parse_type(s: &str) -> Result<GgmlType, String> {
+    GgmlType::from_name(s)
+        .filter(|t| gguf_tools::quantize::TARGETS.contains(t))
+        .ok_or_else(|| format!("unknown type {s:?}; use one of {}", gguf_tools::quantize::type_list()))
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Command::Inspect { file, tensors } => {
+            let f = GgufFile::open(&file).map_err(|e| e.to_string())?;
+            dycoke::gguf::describe(&f, &mut std::io::stdout().lock(), tensors).map_err(|e| e.to_string())
+        }
+        Command::Random { output, weight_type, n_embd, n_layer, n_head, n_head_kv, n_ff, n_ctx, tied, vocab_from, n_merges, seed } => {
+            let vocab = match vocab_from {
+                Some(p) => Vocab::from_gguf(&GgufFile::open(&p).map_err(|e| e.to_string())?)?,
+                None => Vocab::builtin(n_merges, &[]),
+            };
+            let spec = Qwen2Spec { n_embd, n_layer, n_head, n_head_kv, n_ff, n_ctx, tied, weight_type, seed, ..Qwen2Spec::default() };
+            write_qwen2(&output, &spec, &vocab)?;
+            eprintln!("wrote {} ({} tokens, {} layers, {})", output.display(), vocab.len(), n_layer, weight_type);
+            Ok(())
+        }
+        Command::Quantize { input, output, target } => {
+            gguf_tools::quantize::quantize_file(&input, &output, target, |i, n, name| {
+                eprint!("\r[{i}/{n}] {name:<48}");
+            })?;
+            eprintln!("\rwrote {}{:<48}", output.display(), "");
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    dycoke::ggml::init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gguf-tools: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -185,6 +185,13 @@ pub fn dequantize(t: GgmlType, src: &[u8], out: &mut [f32]) {
     let n = out.len() as u64;
     let bytes = t.row_bytes(n).expect("whole blocks") as usize;
     assert_eq!(src.len(), bytes, "dequantize: {} bytes for {n} {t} values", src.len());
+    if t == GgmlType::F32 {
+        // ggml has no conversion from F32 to itself.
+        for (o, b) in out.iter_mut().zip(src.chunks_exact(4)) {
+            *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
+        return;
+    }
     // SAFETY: the traits table has a to_float for every valid type that holds data; lengths match.
     unsafe {
         let traits = sys::ggml_get_type_traits(t.id());
@@ -196,5 +203,5 @@ pub fn dequantize(t: GgmlType, src: &[u8], out: &mut [f32]) {
 /// Whether ggml has a to-F32 conversion for the type (all weight types do).
 pub fn can_dequantize(t: GgmlType) -> bool {
     // SAFETY: valid type id.
-    unsafe { (*sys::ggml_get_type_traits(t.id())).to_float.is_some() }
+    t == GgmlType::F32 || unsafe { (*sys::ggml_get_type_traits(t.id())).to_float.is_some() }
 }

@@ -1,5 +1,6 @@
 //! GGUF: our reader and writer (memmap2 + byteorder), and the one table of tensor names and keys.
 
+mod describe;
 mod error;
 pub mod names;
 mod reader;
@@ -7,6 +8,7 @@ mod types;
 mod value;
 mod writer;
 
+pub use describe::describe;
 pub use error::GgufError;
 pub use reader::{parse, tensor_bytes, GgufFile, GgufLayout, TensorInfo, DEFAULT_ALIGNMENT, MAX_TENSOR_NAME};
 pub use types::GgmlType;

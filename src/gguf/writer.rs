@@ -113,7 +113,7 @@ impl GgufWriter {
         let padded = (head.len() as u64).div_ceil(alignment) * alignment;
         head.resize(padded as usize, 0);
         out.write_all(&head)?;
-        Ok(TensorDataWriter { out, tensors: self.tensors, next: 0, written: 0, position: 0 })
+        Ok(TensorDataWriter { out, tensors: self.tensors, next: 0, written: 0, position: 0, alignment })
     }
 }
 
@@ -126,6 +126,7 @@ pub struct TensorDataWriter<W: Write = BufWriter<File>> {
     written: u64,
     /// Bytes of the data section written so far.
     position: u64,
+    alignment: u64,
 }
 
 fn misuse(message: String) -> io::Error {
@@ -180,11 +181,17 @@ impl<W: Write> TensorDataWriter<W> {
         Ok(())
     }
 
-    /// Checks that every declared tensor was written and flushes.
+    /// Checks that every declared tensor was written, pads the data section to the alignment (as
+    /// ggml's writer does, so that trailing empty tensors lie inside the file) and flushes.
     pub fn finish(mut self) -> io::Result<W> {
         self.write_chunk(&[])?;
         if let Some(t) = self.tensors.get(self.next) {
             return Err(misuse(format!("tensor {:?} was declared but its data was not written", t.name)));
+        }
+        let end = self.tensors.iter().map(|t| t.offset + t.size).max().unwrap_or(0).div_ceil(self.alignment) * self.alignment;
+        if end > self.position {
+            self.out.write_all(&vec![0u8; (end - self.position) as usize])?;
+            self.position = end;
         }
         self.out.flush()?;
         Ok(self.out)
