@@ -10,7 +10,7 @@
 //! are validated before any graph is built).
 
 use std::any::Any;
-use std::ffi::{c_void, CStr, CString};
+use std::ffi::{CStr, CString};
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex, Weak};
 
@@ -78,7 +78,7 @@ pub struct RopeParams {
 /// NeoX-style rotation (rotate_half), as Qwen2 uses.
 // ggml.h defines GGML_ROPE_TYPE_NEOX as a macro, which the bindings omit; llama.h re-exports its
 // value as LLAMA_ROPE_TYPE_NEOX.
-pub const ROPE_TYPE_NEOX: i32 = sys::LLAMA_ROPE_TYPE_NEOX as i32;
+pub const ROPE_TYPE_NEOX: i32 = sys::LLAMA_ROPE_TYPE_NEOX;
 
 fn check(cond: bool, message: impl FnOnce() -> String) {
     if !cond {
@@ -240,11 +240,6 @@ impl Tensor {
         unsafe { sys::ggml_backend_tensor_get(self.as_ptr(), out.as_mut_ptr().cast(), 0, out.len()) }
         out
     }
-
-    /// A raw pointer to the data of a tensor in host memory (custom CPU operations read through it).
-    pub(crate) fn host_data(&self) -> *mut c_void {
-        self.raw().data
-    }
 }
 
 impl std::fmt::Debug for Tensor {
@@ -313,10 +308,6 @@ impl Context {
 
     pub(crate) fn as_ptr(&self) -> *mut sys::ggml_context {
         self.inner.ptr.as_ptr()
-    }
-
-    pub(crate) fn inner(&self) -> &Arc<ContextInner> {
-        &self.inner
     }
 
     /// Keeps `thing` alive as long as this context (its tensors point into it).
@@ -684,24 +675,6 @@ impl Context {
         // SAFETY: channel counts match, positive stride.
         self.op(&[k, x], |c| unsafe {
             sys::ggml_im2col(c, k.as_ptr(), x.as_ptr(), stride, stride, 0, 0, 1, 1, true, ty.id())
-        })
-    }
-
-    /// A custom CPU operation producing a new F32 tensor of shape `ne` from `args`.
-    /// `userdata` must stay valid for every compute of the graph (see `custom.rs`).
-    pub(crate) fn custom_4d(
-        &mut self,
-        ne: [i64; 4],
-        args: &[&Tensor],
-        fun: sys::ggml_custom_op_t,
-        n_tasks: i32,
-        userdata: *mut c_void,
-    ) -> Tensor {
-        check(!args.is_empty() && args.len() <= 9, || format!("custom op with {} arguments", args.len()));
-        let mut ptrs: Vec<*mut sys::ggml_tensor> = args.iter().map(|t| t.as_ptr()).collect();
-        // SAFETY: the argument array outlives the call; fun and userdata are the caller's contract.
-        self.op(args, |c| unsafe {
-            sys::ggml_custom_4d(c, GgmlType::F32.id(), ne[0], ne[1], ne[2], ne[3], ptrs.as_mut_ptr(), ptrs.len() as i32, fun, n_tasks, userdata)
         })
     }
 }

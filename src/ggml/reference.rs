@@ -15,9 +15,18 @@ fn backend_init() {
         // SAFETY: one-time global initialisation; the log callback is a plain function.
         unsafe {
             sys::llama_backend_init();
-            sys::llama_log_set(Some(super::log_callback), std::ptr::null_mut());
+            sys::llama_log_set(Some(reference_log), std::ptr::null_mut());
         }
     });
+}
+
+/// libllama's log: only its errors reach stderr (its load-time notes are noise in tests and
+/// benchmarks).
+extern "C" fn reference_log(level: sys::ggml_log_level, text: *const c_char, _user: *mut std::ffi::c_void) {
+    if level == sys::GGML_LOG_LEVEL_ERROR && !text.is_null() {
+        // SAFETY: llama.cpp passes a NUL-terminated message.
+        eprint!("llama.cpp: {}", unsafe { std::ffi::CStr::from_ptr(text) }.to_string_lossy());
+    }
 }
 
 /// A model loaded by libllama.
@@ -121,6 +130,7 @@ pub struct RefContext<'m> {
     _model: &'m RefModel,
     n_vocab: usize,
     n_past: i32,
+    n_batch: usize,
 }
 
 impl Drop for RefContext<'_> {
@@ -154,7 +164,7 @@ impl<'m> RefContext<'m> {
             if !threadpool.is_null() {
                 sys::llama_attach_threadpool(ptr.as_ptr(), threadpool, threadpool);
             }
-            Some(RefContext { ptr, threadpool, _model: model, n_vocab: model.n_vocab(), n_past: 0 })
+            Some(RefContext { ptr, threadpool, _model: model, n_vocab: model.n_vocab(), n_past: 0, n_batch: n_batch as usize })
         }
     }
 
@@ -169,7 +179,14 @@ impl<'m> RefContext<'m> {
         self.n_past = 0;
     }
 
-    /// Appends tokens (split into batches of at most 512); keeps the last position's logits.
+    /// Forgets positions from `n` on.
+    pub fn truncate(&mut self, n: usize) {
+        // SAFETY: valid context; sequence 0 is the only one used.
+        unsafe { sys::llama_memory_seq_rm(sys::llama_get_memory(self.ptr.as_ptr()), 0, n as i32, -1) };
+        self.n_past = self.n_past.min(n as i32);
+    }
+
+    /// Appends tokens (split into batches of at most n_batch); keeps the last position's logits.
     pub fn decode_tokens(&mut self, tokens: &[i32]) -> Result<(), i32> {
         self.decode(RefInput::Tokens(tokens))
     }
@@ -180,14 +197,14 @@ impl<'m> RefContext<'m> {
     }
 
     fn decode(&mut self, input: RefInput) -> Result<(), i32> {
-        const CHUNK: usize = 512;
+        let chunk = self.n_batch;
         let (n, n_embd) = match input {
             RefInput::Tokens(t) => (t.len(), 0),
             RefInput::Embeddings(e, d) => (e.len() / d, d),
         };
         let mut start = 0;
         while start < n {
-            let m = CHUNK.min(n - start);
+            let m = chunk.min(n - start);
             // SAFETY: llama_batch_init allocates m entries (and m*n_embd floats when n_embd > 0);
             // every write below is to index i < m; the batch is freed after decoding.
             unsafe {
@@ -226,5 +243,102 @@ impl<'m> RefContext<'m> {
             assert!(!p.is_null(), "no logits: decode first");
             std::slice::from_raw_parts(p, self.n_vocab).to_vec()
         }
+    }
+}
+
+/// What ggml's own GGUF reader (`gguf_init_from_file`) sees in a file, for cross-checking ours.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GgufDump {
+    pub version: u32,
+    pub alignment: u64,
+    pub data_offset: u64,
+    pub metadata: Vec<(String, crate::gguf::Value)>,
+    /// (name, type id, ne, offset from the data section, size)
+    pub tensors: Vec<(String, u32, [u64; 4], u64, u64)>,
+}
+
+/// Reads a GGUF with ggml's reader. None when ggml rejects the file.
+pub fn gguf_dump(path: &Path) -> Option<GgufDump> {
+    use crate::gguf::{Array, Value};
+    super::init();
+    let c = CString::new(path.to_str()?).ok()?;
+    // SAFETY: no_alloc with no ggml context requested; every accessor is called with indices below
+    // the counts ggml reports and with the getter matching the reported type; the context is freed
+    // at the end.
+    unsafe {
+        let params = sys::gguf_init_params { no_alloc: true, ctx: std::ptr::null_mut() };
+        let ctx = sys::gguf_init_from_file(c.as_ptr(), params);
+        if ctx.is_null() {
+            return None;
+        }
+        let text = |p: *const c_char| std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned();
+        let mut metadata = Vec::new();
+        for i in 0..sys::gguf_get_n_kv(ctx) {
+            let key = text(sys::gguf_get_key(ctx, i));
+            let value = match sys::gguf_get_kv_type(ctx, i) {
+                sys::GGUF_TYPE_UINT8 => Value::U8(sys::gguf_get_val_u8(ctx, i)),
+                sys::GGUF_TYPE_INT8 => Value::I8(sys::gguf_get_val_i8(ctx, i)),
+                sys::GGUF_TYPE_UINT16 => Value::U16(sys::gguf_get_val_u16(ctx, i)),
+                sys::GGUF_TYPE_INT16 => Value::I16(sys::gguf_get_val_i16(ctx, i)),
+                sys::GGUF_TYPE_UINT32 => Value::U32(sys::gguf_get_val_u32(ctx, i)),
+                sys::GGUF_TYPE_INT32 => Value::I32(sys::gguf_get_val_i32(ctx, i)),
+                sys::GGUF_TYPE_FLOAT32 => Value::F32(sys::gguf_get_val_f32(ctx, i)),
+                sys::GGUF_TYPE_UINT64 => Value::U64(sys::gguf_get_val_u64(ctx, i)),
+                sys::GGUF_TYPE_INT64 => Value::I64(sys::gguf_get_val_i64(ctx, i)),
+                sys::GGUF_TYPE_FLOAT64 => Value::F64(sys::gguf_get_val_f64(ctx, i)),
+                sys::GGUF_TYPE_BOOL => Value::Bool(sys::gguf_get_val_bool(ctx, i)),
+                sys::GGUF_TYPE_STRING => Value::String(text(sys::gguf_get_val_str(ctx, i))),
+                sys::GGUF_TYPE_ARRAY => {
+                    let n = sys::gguf_get_arr_n(ctx, i);
+                    let data = sys::gguf_get_arr_data;
+                    macro_rules! arr {
+                        ($variant:ident, $t:ty) => {{
+                            let p = data(ctx, i) as *const $t;
+                            Array::$variant((0..n).map(|j| *p.add(j)).collect())
+                        }};
+                    }
+                    Value::Array(match sys::gguf_get_arr_type(ctx, i) {
+                        sys::GGUF_TYPE_UINT8 => arr!(U8, u8),
+                        sys::GGUF_TYPE_INT8 => arr!(I8, i8),
+                        sys::GGUF_TYPE_UINT16 => arr!(U16, u16),
+                        sys::GGUF_TYPE_INT16 => arr!(I16, i16),
+                        sys::GGUF_TYPE_UINT32 => arr!(U32, u32),
+                        sys::GGUF_TYPE_INT32 => arr!(I32, i32),
+                        sys::GGUF_TYPE_FLOAT32 => arr!(F32, f32),
+                        sys::GGUF_TYPE_UINT64 => arr!(U64, u64),
+                        sys::GGUF_TYPE_INT64 => arr!(I64, i64),
+                        sys::GGUF_TYPE_FLOAT64 => arr!(F64, f64),
+                        sys::GGUF_TYPE_BOOL => {
+                            let p = data(ctx, i) as *const u8;
+                            Array::Bool((0..n).map(|j| *p.add(j) != 0).collect())
+                        }
+                        sys::GGUF_TYPE_STRING => Array::String((0..n).map(|j| text(sys::gguf_get_arr_str(ctx, i, j))).collect()),
+                        _ => Array::Array(Vec::new()),
+                    })
+                }
+                _ => Value::String("<unknown type>".into()),
+            };
+            metadata.push((key, value));
+        }
+        let mut tensors = Vec::new();
+        for i in 0..sys::gguf_get_n_tensors(ctx) {
+            let ne = sys::gguf_get_tensor_ne(ctx, i);
+            tensors.push((
+                text(sys::gguf_get_tensor_name(ctx, i)),
+                sys::gguf_get_tensor_type(ctx, i),
+                [*ne as u64, *ne.add(1) as u64, *ne.add(2) as u64, *ne.add(3) as u64],
+                sys::gguf_get_tensor_offset(ctx, i) as u64,
+                sys::gguf_get_tensor_size(ctx, i) as u64,
+            ));
+        }
+        let dump = GgufDump {
+            version: sys::gguf_get_version(ctx),
+            alignment: sys::gguf_get_alignment(ctx) as u64,
+            data_offset: sys::gguf_get_data_offset(ctx) as u64,
+            metadata,
+            tensors,
+        };
+        sys::gguf_free(ctx);
+        Some(dump)
     }
 }

@@ -18,8 +18,8 @@ pub enum GgufError {
     #[error("truncated: reading {what} at byte {offset} needs {needed} bytes, only {available} remain")]
     Truncated { what: String, offset: u64, needed: u64, available: u64 },
 
-    #[error("{what}: count {count} is more than the limit of {limit}")]
-    TooMany { what: String, count: u64, limit: u64 },
+    #[error("{what} is {count}, {reason}")]
+    TooMany { what: String, count: u64, reason: String },
 
     #[error("metadata key {key:?}: unknown value type id {id}")]
     UnknownValueType { key: String, id: u32 },

@@ -282,7 +282,11 @@ impl<'a> Cursor<'a> {
     fn string(&mut self, what: &dyn Fn() -> String) -> Result<String, GgufError> {
         let len = self.u64(&|| format!("the length of {}", what()))?;
         if len > MAX_STRING_BYTES {
-            return Err(GgufError::TooMany { what: format!("{} (string length)", what()), count: len, limit: MAX_STRING_BYTES });
+            return Err(GgufError::TooMany {
+                what: format!("the string length of {}", what()),
+                count: len,
+                reason: format!("more than the reader's limit of {MAX_STRING_BYTES} bytes"),
+            });
         }
         let bytes = self.take(len, what)?;
         String::from_utf8(bytes.to_vec()).map_err(|_| GgufError::InvalidUtf8 { what: what() })
@@ -292,9 +296,16 @@ impl<'a> Cursor<'a> {
     /// hold is rejected before anything is allocated.
     fn count(&mut self, what: &dyn Fn() -> String, min_size: u64, limit: u64) -> Result<u64, GgufError> {
         let n = self.u64(what)?;
+        if n > limit {
+            return Err(GgufError::TooMany { what: what(), count: n, reason: format!("more than the reader's limit of {limit}") });
+        }
         let fits = self.remaining() / min_size.max(1);
-        if n > limit || n > fits {
-            return Err(GgufError::TooMany { what: what(), count: n, limit: limit.min(fits) });
+        if n > fits {
+            return Err(GgufError::TooMany {
+                what: what(),
+                count: n,
+                reason: format!("but the {} bytes left in the file hold at most {fits}", self.remaining()),
+            });
         }
         Ok(n)
     }
@@ -476,7 +487,7 @@ pub fn tensor_bytes(name: &str, shape: &[u64], ty: GgmlType) -> Result<u64, Gguf
     let row = ty
         .row_bytes(ne0)
         .ok_or_else(|| bad(format!("the first dimension {ne0} is not a multiple of {ty}'s block size {}", ty.block_size())))?;
-    let rows = if ne0 == 0 { 0 } else { n_elements / ne0 };
+    let rows = n_elements.checked_div(ne0).unwrap_or(0);
     row.checked_mul(rows).ok_or_else(|| bad("the byte size overflows".into()))
 }
 
@@ -485,7 +496,7 @@ fn check_tensor_placement(tensors: &[TensorInfo], alignment: u64, data_len: u64)
         if t.offset % alignment != 0 {
             return Err(GgufError::Misaligned { tensor: t.name.clone(), offset: t.offset, alignment });
         }
-        let end = t.offset.checked_add(t.size).unwrap_or(u64::MAX);
+        let end = t.offset.saturating_add(t.size);
         if end > data_len {
             return Err(GgufError::OutOfBounds { tensor: t.name.clone(), start: t.offset, end, available: data_len });
         }

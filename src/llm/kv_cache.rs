@@ -90,7 +90,7 @@ impl KvCache {
             k.push(kt);
             v.push(vt);
         }
-        let buffer = buft.alloc_context_tensors(&ctx).ok_or_else(|| Error::Compute(crate::ggml::ComputeError::Alloc("the KV cache")))?;
+        let buffer = buft.alloc_context_tensors(&ctx).ok_or(Error::Compute(crate::ggml::ComputeError::Alloc("the KV cache")))?;
         // Unused positions are always masked, but keep them finite: 0 is a valid F16 and Q8_0 value.
         buffer.clear(0);
         let bytes = buffer.size();

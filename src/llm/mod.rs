@@ -61,7 +61,6 @@ struct StepGraph {
     kv_idx: Tensor,
     mask: Tensor,
     logits: Tensor,
-    n_tokens: usize,
     n_kv: usize,
     n_out: usize,
     id: u64,
@@ -346,7 +345,7 @@ impl LlmContext {
         let mut graph = g.new_graph(nodes);
         graph.expand(&logits);
         self.next_graph_id += 1;
-        Ok(StepGraph { ctx: g, graph, inputs, kv_idx, mask, logits, n_tokens, n_kv, n_out, id: self.next_graph_id })
+        Ok(StepGraph { ctx: g, graph, inputs, kv_idx, mask, logits, n_kv, n_out, id: self.next_graph_id })
     }
 
     fn set_inputs(&self, step: &StepGraph, embd: &[f32], p0: usize, n: usize, n_out: usize) {

@@ -115,11 +115,15 @@ struct Symbol {
     alive: bool,
 }
 
+/// A candidate merge in the queue: (rank, left index, right index, left id, right id); ordered so
+/// that the lowest rank, then the leftmost pair, comes out first.
+type QueuedPair = Reverse<(u32, u32, u32, u32, u32)>;
+
 /// Reusable buffers for `apply`.
 #[derive(Default)]
 pub struct Scratch {
     symbols: Vec<Symbol>,
-    heap: BinaryHeap<Reverse<(u32, u32, u32, u32, u32)>>,
+    heap: BinaryHeap<QueuedPair>,
 }
 
 #[cfg(test)]

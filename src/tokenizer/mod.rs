@@ -209,6 +209,13 @@ impl Tokenizer {
         &self.template
     }
 
+    /// The prompt text of a conversation through the model's chat template (with the BOS and EOS
+    /// texts the template may use); with `add_generation_prompt`, ready for the assistant's turn.
+    pub fn apply_chat_template(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        let text_of = |id: Option<TokenId>| id.and_then(|t| self.text(t)).unwrap_or("");
+        self.template.render(messages, add_generation_prompt, text_of(self.bos), text_of(self.eos))
+    }
+
     /// Token ids of `text`. With `parse_special`, control tokens written in the text (such as
     /// `<|im_start|>`) become their ids; added (user-defined) tokens always do. With `add_bos`,
     /// the BOS token is prepended when the model asks for it (Qwen2 does not).

@@ -1,0 +1,148 @@
+//! Options shared by several subcommands, and small terminal helpers.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use clap::Args;
+use dycoke::llm::kv_cache::KvType;
+use dycoke::{Error, GenerateParams, ModelOptions, SamplerParams, SessionOptions};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// The model a command runs when `-m` is not given: the file `scripts/fetch-qwen2-0.5b` fetches.
+pub const DEFAULT_MODEL: &str = "models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
+
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// LLM GGUF file [default: models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf, from scripts/fetch-qwen2-0.5b].
+    #[arg(short = 'm', long = "model", value_name = "GGUF")]
+    pub model: Option<PathBuf>,
+    /// Compute device: `cpu`, or a GPU of a build with the cuda/metal/vulkan feature.
+    #[arg(long, value_name = "NAME", default_value = "cpu")]
+    pub device: String,
+    /// Layers to offload to the GPU (llama.cpp's -ngl); no effect on the CPU.
+    #[arg(long = "n-gpu-layers", visible_alias = "ngl", value_name = "N", default_value_t = 0)]
+    pub gpu_layers: usize,
+    /// Keep every weight in the file mapping (no repacked copies; slower on some CPUs).
+    #[arg(long)]
+    pub no_repack: bool,
+}
+
+impl ModelArgs {
+    pub fn options(&self) -> Result<ModelOptions, Error> {
+        let path = match &self.model {
+            Some(p) => p.clone(),
+            None => {
+                let p = PathBuf::from(DEFAULT_MODEL);
+                if !p.exists() {
+                    return Err(Error::invalid(
+                        "model",
+                        format!("no -m given and the default {DEFAULT_MODEL} does not exist; fetch it with scripts/fetch-qwen2-0.5b or pass -m FILE.gguf"),
+                    ));
+                }
+                p
+            }
+        };
+        Ok(ModelOptions { llm: path, device: Some(self.device.clone()), gpu_layers: self.gpu_layers, repack: !self.no_repack })
+    }
+}
+
+#[derive(Args, Clone)]
+pub struct ContextArgs {
+    /// Context size in tokens (prompt and answer).
+    #[arg(short = 'c', long = "ctx-size", value_name = "N", default_value_t = 4096)]
+    pub ctx_size: usize,
+    /// Prompt tokens evaluated per step.
+    #[arg(short = 'b', long = "batch-size", value_name = "N", default_value_t = 512)]
+    pub batch_size: usize,
+    /// CPU threads [default: all cores].
+    #[arg(short = 't', long = "threads", value_name = "N")]
+    pub threads: Option<usize>,
+    /// KV cache type: f16 or q8_0.
+    #[arg(long = "cache-type", value_name = "TYPE", default_value = "f16", value_parser = parse_kv_type)]
+    pub cache_type: KvType,
+}
+
+fn parse_kv_type(s: &str) -> Result<KvType, String> {
+    KvType::parse(s).ok_or_else(|| format!("unknown cache type {s:?}; use f16 or q8_0"))
+}
+
+impl ContextArgs {
+    pub fn options(&self) -> SessionOptions {
+        SessionOptions {
+            n_ctx: self.ctx_size,
+            n_batch: self.batch_size,
+            n_threads: self.threads.unwrap_or_else(dycoke::session::default_threads),
+            kv_type: self.cache_type,
+        }
+    }
+}
+
+#[derive(Args, Clone)]
+pub struct SamplingArgs {
+    /// Most tokens to generate.
+    #[arg(short = 'n', long = "n-predict", value_name = "N", default_value_t = 256)]
+    pub n_predict: usize,
+    /// Sampling temperature; 0 is greedy (the default, as in evaluations).
+    #[arg(long = "temp", value_name = "T", default_value_t = 0.0, allow_negative_numbers = true)]
+    pub temperature: f32,
+    /// Keep only the K most likely tokens (0: all).
+    #[arg(long, value_name = "K", default_value_t = 40)]
+    pub top_k: usize,
+    /// Keep the most likely tokens up to this probability mass.
+    #[arg(long, value_name = "P", default_value_t = 0.95, allow_negative_numbers = true)]
+    pub top_p: f32,
+    /// Drop tokens less likely than P times the most likely one.
+    #[arg(long, value_name = "P", default_value_t = 0.05, allow_negative_numbers = true)]
+    pub min_p: f32,
+    /// Penalise recently generated tokens (1: off).
+    #[arg(long, value_name = "X", default_value_t = 1.0, allow_negative_numbers = true)]
+    pub repeat_penalty: f32,
+    /// How many recent tokens the penalty considers.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub repeat_last_n: usize,
+    /// Random seed [default: from the clock].
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// Keep generating after the model ends its turn.
+    #[arg(long)]
+    pub ignore_eos: bool,
+}
+
+impl SamplingArgs {
+    pub fn params(&self) -> Result<GenerateParams, Error> {
+        let sampler = SamplerParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            repeat_last_n: self.repeat_last_n,
+            seed: self.seed,
+        };
+        sampler.validate()?;
+        if self.n_predict == 0 {
+            return Err(Error::invalid("n-predict", "must be at least 1"));
+        }
+        Ok(GenerateParams { max_tokens: self.n_predict, sampler, ignore_eos: self.ignore_eos })
+    }
+}
+
+/// A progress bar on stderr for `total` steps, shown only on a terminal and only for work large
+/// enough to take a moment.
+pub fn progress_bar(total: usize, what: &str, min_total: usize) -> Option<ProgressBar> {
+    if total < min_total || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = ProgressBar::new(total as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} {per_sec} eta {eta}").unwrap().progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    Some(bar)
+}
+
+/// "N tokens in T s (R tok/s)"
+pub fn rate(n: usize, secs: f64) -> String {
+    let r = if secs > 0.0 { n as f64 / secs } else { 0.0 };
+    format!("{n} tokens in {secs:.2} s ({r:.1} tok/s)")
+}

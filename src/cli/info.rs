@@ -1,0 +1,32 @@
+//! `dycoke info`: what a GGUF file holds.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use dycoke::gguf::GgufFile;
+use dycoke::llm::qwen2::Qwen2Params;
+use dycoke::Error;
+
+#[derive(Args)]
+pub struct InfoArgs {
+    /// The GGUF file.
+    file: PathBuf,
+    /// List every tensor.
+    #[arg(long)]
+    tensors: bool,
+}
+
+pub fn run(a: InfoArgs) -> dycoke::Result<()> {
+    let file = GgufFile::open(&a.file)?;
+    let mut out = std::io::stdout().lock();
+    dycoke::gguf::describe(&file, &mut out, a.tensors).map_err(|e| Error::io(&a.file, e))?;
+    if file.get_str(dycoke::gguf::names::general::ARCHITECTURE)? == Some(dycoke::llm::qwen2::ARCH) {
+        let p = Qwen2Params::from_gguf(&file)?;
+        println!(
+            "qwen2:      {} layers, hidden {}, {} heads ({} KV) of {}, FFN {}, vocabulary {}, context {}, RoPE base {}",
+            p.n_layer, p.n_embd, p.n_head, p.n_head_kv, p.head_dim, p.n_ff, p.n_vocab, p.n_ctx_train, p.rope_freq_base
+        );
+    }
+    println!("ggml CPU:   {}", dycoke::ggml::cpu_features_line());
+    Ok(())
+}

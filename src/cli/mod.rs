@@ -1,0 +1,52 @@
+//! Command-line definitions (clap) and dispatch.
+
+mod bench;
+mod chat;
+mod common;
+mod info;
+mod run;
+
+use std::ffi::OsString;
+
+use clap::{Parser, Subcommand};
+
+
+#[derive(Parser)]
+#[command(
+    name = "dycoke",
+    version,
+    about = "Ask questions about videos, locally: LLaVA-OneVision on ggml with DyCoke token compression",
+    long_about = "Ask questions about videos, locally: LLaVA-OneVision on ggml with DyCoke token compression.\n\n\
+        Model files are GGUF (see models.md). Generated text goes to stdout; progress and diagnostics to stderr."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Answer one prompt and exit (the generated text streams to stdout).
+    Run(run::RunArgs),
+    /// Chat interactively in the terminal.
+    Chat(chat::ChatArgs),
+    /// Print a GGUF file's metadata and tensors.
+    Info(info::InfoArgs),
+    /// Measure speed against a baseline in the same run.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+/// llama.cpp spells some options with one dash and several letters (`-ngl 99`); clap wants two.
+pub fn normalize_args(args: impl Iterator<Item = OsString>) -> Vec<OsString> {
+    args.map(|a| if a == "-ngl" { OsString::from("--ngl") } else { a }).collect()
+}
+
+pub fn run(cli: Cli) -> dycoke::Result<()> {
+    match cli.command {
+        Command::Run(a) => run::run(a),
+        Command::Chat(a) => chat::run(a),
+        Command::Info(a) => info::run(a),
+        Command::Bench(b) => bench::run(b),
+    }
+}

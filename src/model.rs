@@ -1,0 +1,97 @@
+//! A loaded model: the language model and its tokenizer, shared read-only by every session.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::ggml::{Device, DeviceKind};
+use crate::gguf::GgufFile;
+use crate::llm::qwen2::Qwen2;
+use crate::tokenizer::Tokenizer;
+use crate::weights::Placement;
+
+/// How to load a model.
+#[derive(Clone, Debug)]
+pub struct ModelOptions {
+    /// The LLM GGUF (architecture `qwen2`).
+    pub llm: PathBuf,
+    /// `cpu` (default) or a GPU device name of a build with a GPU feature (see `devices()`).
+    pub device: Option<String>,
+    /// Layers to place on the GPU (ignored on the CPU).
+    pub gpu_layers: usize,
+    /// Repack matrices into the CPU's faster layouts (llama.cpp does by default).
+    pub repack: bool,
+}
+
+impl ModelOptions {
+    pub fn new(llm: impl Into<PathBuf>) -> ModelOptions {
+        ModelOptions { llm: llm.into(), device: None, gpu_layers: 0, repack: true }
+    }
+}
+
+/// The names of the compute devices of this build.
+pub fn devices() -> Vec<String> {
+    Device::all().iter().map(|d| d.name().to_ascii_lowercase()).collect()
+}
+
+/// Resolves a device name (`cpu`, `cuda0`, ...).
+pub fn find_device(name: Option<&str>) -> Result<Device> {
+    match name {
+        None => Ok(Device::cpu()),
+        Some(n) if n.eq_ignore_ascii_case("cpu") => Ok(Device::cpu()),
+        Some(n) => Device::by_name(n)
+            .filter(|d| d.kind() != DeviceKind::Cpu)
+            .ok_or_else(|| Error::Device { name: n.to_string(), available: devices().join(", ") }),
+    }
+}
+
+pub struct Model {
+    llm: Arc<Qwen2>,
+    tokenizer: Tokenizer,
+    device: Device,
+    load_time: Duration,
+}
+
+impl Model {
+    pub fn load(opts: &ModelOptions) -> Result<Arc<Model>> {
+        crate::ggml::init();
+        let start = Instant::now();
+        let device = find_device(opts.device.as_deref())?;
+        let file = Arc::new(GgufFile::open(&opts.llm)?);
+        let tokenizer = Tokenizer::from_gguf(&file)?;
+        let placement = Placement { device, gpu_layers: opts.gpu_layers, repack: opts.repack };
+        let llm = Arc::new(Qwen2::load(file.clone(), placement)?);
+        let n_vocab = llm.params().n_vocab;
+        if tokenizer.n_vocab() > n_vocab {
+            return Err(Error::Tokenizer(format!(
+                "{}: the vocabulary has {} tokens but the embedding matrix only {} rows",
+                opts.llm.display(),
+                tokenizer.n_vocab(),
+                n_vocab
+            )));
+        }
+        Ok(Arc::new(Model { llm, tokenizer, device, load_time: start.elapsed() }))
+    }
+
+    pub fn llm(&self) -> &Arc<Qwen2> {
+        &self.llm
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    pub fn path(&self) -> &Path {
+        self.llm.file().path()
+    }
+
+    /// Time spent in `load`.
+    pub fn load_time(&self) -> Duration {
+        self.load_time
+    }
+}
