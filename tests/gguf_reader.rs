@@ -78,6 +78,18 @@ fn matches_ggml_on_written_files() {
 }
 
 #[test]
+fn version_2_files_read_like_version_3() {
+    let v3 = common::scratch_dir().join("v3.gguf");
+    all_types_file(&v3);
+    let mut bytes = std::fs::read(&v3).unwrap();
+    bytes[4..8].copy_from_slice(&2u32.to_le_bytes());
+    let v2 = common::scratch_dir().join("v2.gguf");
+    std::fs::write(&v2, &bytes).unwrap();
+    cross_check(&v2);
+    assert_eq!(GgufFile::open(&v2).unwrap().version(), 2);
+}
+
+#[test]
 fn matches_ggml_on_the_real_model() {
     let Some(path) = common::real_model() else { return };
     cross_check(&path);

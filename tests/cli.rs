@@ -1,0 +1,98 @@
+//! The command line end to end: `run` streams text and dumps the prompt's logits (compared with
+//! llama.cpp's), `chat` answers piped turns, `info` describes files, and the Q8_0 KV cache works.
+
+mod common;
+
+use std::process::Command;
+
+use dycoke::ggml::reference::{RefContext, RefModel};
+use dycoke::gguf::GgmlType;
+
+fn dycoke(args: &[&str]) -> std::process::Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_dycoke")).args(args).output().expect("run dycoke");
+    assert!(out.status.success(), "dycoke {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+#[test]
+fn run_raw_dumps_the_logits_llama_cpp_computes() {
+    let model = common::random_model(GgmlType::Q8_0);
+    let dump = common::scratch_dir().join("logits.bin");
+    let prompt = "<|im_start|>user\nDescribe the clip.<|im_end|>\n<|im_start|>assistant\n";
+    let out = dycoke(&["run", "-m", model.to_str().unwrap(), "--raw", "-p", prompt, "-n", "12", "--ignore-eos",
+        "--dump-logits", dump.to_str().unwrap(), "--timings", "-t", "2"]);
+    let ours: Vec<f32> = std::fs::read(&dump).unwrap().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+
+    let reference = RefModel::load(&model, false).unwrap();
+    let mut ctx = RefContext::new(&reference, 256, 256, 2).unwrap();
+    ctx.decode_tokens(&reference.tokenize(prompt, false, true)).unwrap();
+    assert_eq!(ours, ctx.logits(), "dumped logits differ from llama.cpp's");
+
+    let text = String::from_utf8(out.stdout).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!text.is_empty());
+    assert!(err.contains("prompt:") && err.contains("decode:  12 tokens"), "{err}");
+    assert!(!text.contains("prompt:"), "diagnostics leaked into stdout: {text}");
+}
+
+#[test]
+fn templated_and_raw_prompts_differ_and_system_prompts_apply() {
+    let model = common::random_model(GgmlType::F16);
+    let m = model.to_str().unwrap();
+    let d = |name: &str| common::scratch_dir().join(name);
+    let read = |p: &std::path::Path| std::fs::read(p).unwrap();
+    dycoke(&["run", "-m", m, "-p", "hello", "-n", "1", "--dump-logits", d("a.bin").to_str().unwrap()]);
+    dycoke(&["run", "-m", m, "--raw", "-p", "hello", "-n", "1", "--dump-logits", d("b.bin").to_str().unwrap()]);
+    dycoke(&["run", "-m", m, "-p", "hello", "--system", "Be brief.", "-n", "1", "--dump-logits", d("c.bin").to_str().unwrap()]);
+    // The template's default system prompt is the built-in vocabulary's "You are a helpful assistant."
+    dycoke(&["run", "-m", m, "--raw", "-n", "1", "--dump-logits", d("d.bin").to_str().unwrap(), "-p",
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n"]);
+    assert_ne!(read(&d("a.bin")), read(&d("b.bin")));
+    assert_ne!(read(&d("a.bin")), read(&d("c.bin")));
+    assert_eq!(read(&d("a.bin")), read(&d("d.bin")));
+}
+
+#[test]
+fn chat_answers_piped_turns_and_commands() {
+    let model = common::random_model(GgmlType::Q4K);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dycoke"))
+        .args(["chat", "-m", model.to_str().unwrap(), "-n", "5", "--ignore-eos", "-t", "2"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"first question\n/stats\nsecond question\n/reset\n/help\n/bogus\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2, "two answers");
+    assert!(err.contains("answer 5 tokens"), "{err}");
+    assert!(err.contains("conversation forgotten") && err.contains("commands:") && err.contains("unknown command /bogus"), "{err}");
+}
+
+#[test]
+fn info_describes_models() {
+    let model = common::random_model(GgmlType::Q4K);
+    let out = dycoke(&["info", model.to_str().unwrap(), "--tensors"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("general.architecture") && text.contains("\"qwen2\""));
+    assert!(text.contains("blk.3.ffn_down.weight") && text.contains("Q4_K"));
+    assert!(text.contains("qwen2:      4 layers, hidden 256"));
+    assert!(text.contains("ggml CPU:"));
+}
+
+#[test]
+fn q8_0_kv_cache_stays_close_to_f16() {
+    let model = common::random_model(GgmlType::F32);
+    let m = model.to_str().unwrap();
+    let d = |name: &str| common::scratch_dir().join(name);
+    let prompt = "The quick brown fox jumps over the lazy dog. ".repeat(8);
+    dycoke(&["run", "-m", m, "-p", &prompt, "-n", "1", "--dump-logits", d("kv16.bin").to_str().unwrap()]);
+    dycoke(&["run", "-m", m, "-p", &prompt, "-n", "1", "--cache-type", "q8_0", "--dump-logits", d("kv8.bin").to_str().unwrap()]);
+    let f = |p: std::path::PathBuf| -> Vec<f32> { std::fs::read(p).unwrap().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect() };
+    let (a, b) = (f(d("kv16.bin")), f(d("kv8.bin")));
+    assert_ne!(a, b, "the Q8_0 cache was not used");
+    assert!(common::cosine(&a, &b) > 0.99, "cosine {}", common::cosine(&a, &b));
+}
