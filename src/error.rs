@@ -36,6 +36,18 @@ pub enum Error {
     #[error("compute: {0}")]
     Compute(#[from] crate::ggml::ComputeError),
 
+    /// A video or image cannot be read or decoded.
+    #[error("{}: {message}", path.display())]
+    Media { path: PathBuf, message: String },
+
+    /// The vision model (mmproj) is unusable or does not fit the language model.
+    #[error("{0}")]
+    Vision(String),
+
+    /// The prompt and the media do not match (placeholders, counts).
+    #[error("prompt: {0}")]
+    Prompt(String),
+
     /// An I/O failure on a named file.
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
@@ -52,5 +64,9 @@ impl Error {
 
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
         Error::Io { path: path.into(), source }
+    }
+
+    pub fn media(path: impl Into<PathBuf>, message: impl Into<String>) -> Error {
+        Error::Media { path: path.into(), message: message.into() }
     }
 }

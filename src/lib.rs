@@ -26,6 +26,7 @@ pub mod error;
 pub mod ggml;
 pub mod gguf;
 pub mod llm;
+pub mod media;
 pub mod model;
 pub mod nn;
 pub mod sampler;
