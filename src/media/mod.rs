@@ -92,7 +92,7 @@ pub fn frame_files(dir: &Path) -> Result<Vec<PathBuf>> {
                 && p.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
         })
         .collect();
-    files.sort_by(|a, b| natural_key(a).cmp(&natural_key(b)));
+    files.sort_by_cached_key(|p| natural_key(p));
     Ok(files)
 }
 
@@ -172,7 +172,7 @@ mod tests {
     #[test]
     fn natural_order_compares_numbers_by_value() {
         let mut v: Vec<PathBuf> = ["f10.png", "f2.png", "f1.png", "g.png", "f02b.png"].iter().map(PathBuf::from).collect();
-        v.sort_by(|a, b| natural_key(a).cmp(&natural_key(b)));
+        v.sort_by_cached_key(|p| natural_key(p));
         let names: Vec<_> = v.iter().map(|p| p.to_str().unwrap()).collect();
         assert_eq!(names, ["f1.png", "f2.png", "f02b.png", "f10.png", "g.png"]);
     }
