@@ -29,9 +29,11 @@ pub mod llm;
 pub mod media;
 pub mod model;
 pub mod nn;
+pub mod prompt;
 pub mod sampler;
 pub mod session;
 pub mod tokenizer;
+pub mod vision;
 pub mod weights;
 
 pub use error::{Error, Result};

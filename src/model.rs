@@ -9,6 +9,7 @@ use crate::ggml::{Device, DeviceKind};
 use crate::gguf::GgufFile;
 use crate::llm::qwen2::Qwen2;
 use crate::tokenizer::Tokenizer;
+use crate::vision::VisionModel;
 use crate::weights::Placement;
 
 /// How to load a model.
@@ -16,6 +17,8 @@ use crate::weights::Placement;
 pub struct ModelOptions {
     /// The LLM GGUF (architecture `qwen2`).
     pub llm: PathBuf,
+    /// The vision model GGUF (mmproj, architecture `clip`), for videos and images.
+    pub mmproj: Option<PathBuf>,
     /// `cpu` (default) or a GPU device name of a build with a GPU feature (see `devices()`).
     pub device: Option<String>,
     /// Layers to place on the GPU (ignored on the CPU).
@@ -26,7 +29,7 @@ pub struct ModelOptions {
 
 impl ModelOptions {
     pub fn new(llm: impl Into<PathBuf>) -> ModelOptions {
-        ModelOptions { llm: llm.into(), device: None, gpu_layers: 0, repack: true }
+        ModelOptions { llm: llm.into(), mmproj: None, device: None, gpu_layers: 0, repack: true }
     }
 }
 
@@ -48,6 +51,7 @@ pub fn find_device(name: Option<&str>) -> Result<Device> {
 
 pub struct Model {
     llm: Arc<Qwen2>,
+    vision: Option<Arc<VisionModel>>,
     tokenizer: Tokenizer,
     device: Device,
     load_time: Duration,
@@ -71,11 +75,24 @@ impl Model {
                 n_vocab
             )));
         }
-        Ok(Arc::new(Model { llm, tokenizer, device, load_time: start.elapsed() }))
+        let vision = match &opts.mmproj {
+            None => None,
+            Some(path) => {
+                let v = VisionModel::load(path, placement)?;
+                v.check_llm_width(llm.params().n_embd)?;
+                Some(v)
+            }
+        };
+        Ok(Arc::new(Model { llm, vision, tokenizer, device, load_time: start.elapsed() }))
     }
 
     pub fn llm(&self) -> &Arc<Qwen2> {
         &self.llm
+    }
+
+    /// The vision model, when one was loaded.
+    pub fn vision(&self) -> Option<&Arc<VisionModel>> {
+        self.vision.as_ref()
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {

@@ -6,30 +6,43 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+
 use crate::error::{Error, Result};
 use crate::llm::kv_cache::KvType;
 use crate::llm::{LlmContext, LlmOptions, Segment};
+use crate::media::{self, Sampling};
 use crate::model::Model;
+use crate::prompt::{MediaKind, Piece};
 use crate::sampler::{Sampler, SamplerParams};
 use crate::tokenizer::StreamDecoder;
+use crate::vision::VisionContext;
 
 /// Settings of a session.
 #[derive(Clone, Debug)]
 pub struct SessionOptions {
-    /// Positions of context (prompt plus answer).
+    /// Positions of context (prompt plus answer); 0 picks `DEFAULT_CONTEXT` or the model's training
+    /// context, whichever is smaller.
     pub n_ctx: usize,
     /// Tokens per prefill chunk.
     pub n_batch: usize,
     /// CPU threads.
     pub n_threads: usize,
     pub kv_type: KvType,
+    /// Images (video frames, crops) per vision graph.
+    pub vision_batch: usize,
 }
 
 impl Default for SessionOptions {
     fn default() -> SessionOptions {
-        SessionOptions { n_ctx: 4096, n_batch: 512, n_threads: default_threads(), kv_type: KvType::F16 }
+        SessionOptions { n_ctx: 0, n_batch: 512, n_threads: default_threads(), kv_type: KvType::F16, vision_batch: 8 }
     }
 }
+
+/// The context a session gets when none is asked for: 32 frames of video (6273 tokens) and a
+/// conversation around them.
+pub const DEFAULT_CONTEXT: usize = 8192;
 
 /// The machine's physical parallelism (as llama.cpp's default).
 pub fn default_threads() -> usize {
@@ -122,24 +135,147 @@ pub struct PromptStats {
     pub time: Duration,
 }
 
+/// A video or image, encoded into embedding rows for the language model.
+#[derive(Clone, Debug)]
+pub struct Media {
+    pub kind: MediaKind,
+    pub source: PathBuf,
+    /// [rows][n_embd]: for a video, every frame's pooled tokens then one newline; for an image, the
+    /// anyres tokens with their newlines.
+    pub rows: Vec<f32>,
+    /// Frames (videos) or crops (images) encoded.
+    pub frames: usize,
+    /// Tokens of one video frame (0 for images).
+    pub tokens_per_frame: usize,
+    /// Frame indices sampled from the video.
+    pub frame_indices: Vec<usize>,
+    /// Identifies the rows (a hash of their values), for reusing them from the cache.
+    pub key: u64,
+    /// Something the user should know about the sampling.
+    pub note: Option<String>,
+    pub decode_time: Duration,
+    pub encode_time: Duration,
+}
+
+impl Media {
+    pub fn n_rows(&self, n_embd: usize) -> usize {
+        self.rows.len() / n_embd
+    }
+}
+
+/// What media work is under way, for progress display.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MediaPhase {
+    Decoding,
+    Encoding,
+}
+
+fn rows_key(rows: &[f32]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    rows.len().hash(&mut h);
+    for x in rows {
+        x.to_bits().hash(&mut h);
+    }
+    h.finish()
+}
+
 pub struct Session {
     model: Arc<Model>,
     llm: LlmContext,
+    vision: Option<VisionContext>,
+    options: SessionOptions,
     slots: Vec<Slot>,
     cancel: CancelToken,
 }
 
 impl Session {
     pub fn new(model: Arc<Model>, opts: &SessionOptions) -> Result<Session> {
+        let n_ctx = if opts.n_ctx == 0 { DEFAULT_CONTEXT.min(model.llm().params().n_ctx_train) } else { opts.n_ctx };
         let llm_opts = LlmOptions {
-            n_ctx: opts.n_ctx,
+            n_ctx,
             n_batch: opts.n_batch,
             n_threads: opts.n_threads,
             kv_type: opts.kv_type,
             device: model.device(),
         };
         let llm = LlmContext::new(model.llm().clone(), &llm_opts)?;
-        Ok(Session { model, llm, slots: Vec::new(), cancel: CancelToken::new() })
+        Ok(Session { model, llm, vision: None, options: opts.clone(), slots: Vec::new(), cancel: CancelToken::new() })
+    }
+
+    fn vision_context(&mut self) -> Result<&mut VisionContext> {
+        if self.vision.is_none() {
+            let v = self.model.vision().ok_or_else(|| Error::Vision("no vision model is loaded: videos and images need --mmproj".into()))?.clone();
+            self.vision = Some(VisionContext::new(v, self.model.device(), self.options.n_threads, self.options.vision_batch)?);
+        }
+        Ok(self.vision.as_mut().expect("created above"))
+    }
+
+    /// Decodes and encodes a video (a file or a folder of frames) into embedding rows.
+    pub fn encode_video(&mut self, path: &Path, sampling: &Sampling, progress: &mut dyn FnMut(MediaPhase, usize, usize)) -> Result<Media> {
+        self.vision_context()?;
+        let start = Instant::now();
+        let video = media::load_video(path, sampling, self.options.n_threads, &mut |d, t| progress(MediaPhase::Decoding, d, t))?;
+        let decode_time = start.elapsed();
+        let start = Instant::now();
+        let ctx = self.vision_context()?;
+        let mut rows = ctx.encode_video(&video.frames, &mut |d, t| progress(MediaPhase::Encoding, d, t))?;
+        rows.extend_from_slice(ctx.model().newline());
+        let tokens_per_frame = ctx.model().params().tokens_per_frame();
+        Ok(Media {
+            kind: MediaKind::Video,
+            source: path.to_path_buf(),
+            key: rows_key(&rows),
+            rows,
+            frames: video.frames.len(),
+            tokens_per_frame,
+            frame_indices: video.indices,
+            note: video.note,
+            decode_time,
+            encode_time: start.elapsed(),
+        })
+    }
+
+    /// Loads and encodes an image (anyres) into embedding rows.
+    pub fn encode_image(&mut self, path: &Path, progress: &mut dyn FnMut(MediaPhase, usize, usize)) -> Result<Media> {
+        self.vision_context()?;
+        let start = Instant::now();
+        let image = media::load_image(path)?;
+        let decode_time = start.elapsed();
+        let start = Instant::now();
+        let ctx = self.vision_context()?;
+        let rows = ctx.encode_image(&image, &mut |d, t| progress(MediaPhase::Encoding, d, t))?;
+        let crops = 1 + crate::vision::preprocess::anyres_grid(&image, &ctx.model().params().pinpoints, ctx.model().params().tower.image_size as u32);
+        Ok(Media {
+            kind: MediaKind::Image,
+            source: path.to_path_buf(),
+            key: rows_key(&rows),
+            rows,
+            frames: crops,
+            tokens_per_frame: 0,
+            frame_indices: Vec::new(),
+            note: None,
+            decode_time,
+            encode_time: start.elapsed(),
+        })
+    }
+
+    /// Sets a prompt of token runs and media (see `prompt::tokenize_with_media`).
+    pub fn set_prompt_with_media(&mut self, pieces: &[Piece], media: &[&Media], progress: &mut dyn FnMut(usize, usize)) -> Result<PromptStats> {
+        let n_embd = self.model.llm().params().n_embd;
+        let mut parts = Vec::with_capacity(pieces.len());
+        for p in pieces {
+            parts.push(match p {
+                Piece::Tokens(t) => PromptPart::Tokens(t),
+                Piece::Media(i) => {
+                    let m = media.get(*i).ok_or_else(|| Error::Prompt(format!("media #{i} was not given")))?;
+                    if m.rows.len() % n_embd != 0 {
+                        return Err(Error::Vision(format!("{}: its embeddings are not {n_embd} wide", m.source.display())));
+                    }
+                    PromptPart::Embeddings { data: &m.rows, key: m.key }
+                }
+            });
+        }
+        self.set_prompt(&parts, progress)
     }
 
     pub fn model(&self) -> &Arc<Model> {

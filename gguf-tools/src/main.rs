@@ -57,6 +57,18 @@ enum Command {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+    /// Convert a Hugging Face LLaVA-OneVision checkpoint (llava-hf layout) to GGUF:
+    /// PREFIX-llm.gguf (the Qwen2 language model) and PREFIX-mmproj.gguf (SigLIP and projector).
+    Convert {
+        /// The checkpoint directory (config.json, model*.safetensors, tokenizer.json, ...).
+        input: PathBuf,
+        /// Output prefix.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Type of the weight matrices: f32, f16, bf16, q8_0, q4_0, q5_0, q4_k, q5_k, q6_k.
+        #[arg(long, default_value = "f16", value_parser = parse_type)]
+        outtype: GgmlType,
+    },
     /// Quantize an F32/F16/BF16 GGUF with ggml's quantizers.
     Quantize {
         input: PathBuf,
@@ -87,6 +99,20 @@ fn run(cli: Cli) -> Result<(), String> {
             let spec = Qwen2Spec { n_embd, n_layer, n_head, n_head_kv, n_ff, n_ctx, tied, weight_type, seed, ..Qwen2Spec::default() };
             write_qwen2(&output, &spec, &vocab)?;
             eprintln!("wrote {} ({} tokens, {} layers, {})", output.display(), vocab.len(), n_layer, weight_type);
+            Ok(())
+        }
+        Command::Convert { input, output, outtype } => {
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(indicatif::ProgressStyle::with_template("converting [{bar:30}] {pos}/{len} {msg}").unwrap().progress_chars("=> "));
+            let opts = gguf_tools::convert::ConvertOptions { input, prefix: output, outtype };
+            let report = gguf_tools::convert::convert(&opts, &mut |done, total, name| {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+                bar.set_message(name.to_string());
+            });
+            bar.finish_and_clear();
+            let report = report?;
+            eprintln!("wrote {} and {} ({} tensors, {})", report.llm.display(), report.mmproj.display(), report.tensors, outtype);
             Ok(())
         }
         Command::Quantize { input, output, target } => {

@@ -1,14 +1,17 @@
-//! `dycoke chat`: an interactive conversation. Each turn only evaluates what is new: the cache
-//! keeps the conversation so far.
+//! `dycoke chat`: an interactive conversation. The cache keeps the conversation, media included,
+//! so each turn only evaluates what is new.
 
 use std::io::Write;
 
 use clap::Args;
+use dycoke::prompt::{self, DEFAULT_MEDIA_SYSTEM_PROMPT};
+use dycoke::session::Media;
 use dycoke::tokenizer::ChatMessage;
-use dycoke::{Error, Model, PromptPart, Session, StopReason};
+use dycoke::{Error, Model, Session, StopReason};
 use rustyline::error::ReadlineError;
 
-use super::common::{progress_bar, rate, ContextArgs, ModelArgs, SamplingArgs};
+use super::common::{rate, ContextArgs, LazyBar, ModelArgs, SamplingArgs};
+use super::media::MediaArgs;
 
 #[derive(Args)]
 pub struct ChatArgs {
@@ -18,31 +21,48 @@ pub struct ChatArgs {
     context: ContextArgs,
     #[command(flatten)]
     sampling: SamplingArgs,
-    /// System prompt [default: the chat template's own].
+    #[command(flatten)]
+    media: MediaArgs,
+    /// System prompt [default: "You are a helpful assistant." with media, the chat template's own without].
     #[arg(long, value_name = "TEXT")]
     system: Option<String>,
 }
 
 const HELP: &str = "commands:
-  /reset   forget the conversation
+  /reset   forget the conversation (the media stay for the next question)
   /stats   tokens used and speeds of the last answer
   /help    this list
   Ctrl-C   stop the current answer;  Ctrl-D or /quit   leave";
 
 pub fn run(a: ChatArgs) -> dycoke::Result<()> {
     let gen = a.sampling.params()?;
-    let model = Model::load(&a.model.options()?)?;
-    let mut session = Session::new(model.clone(), &a.context.options())?;
+    let model_opts = a.model.options()?;
+    if !a.media.is_empty() && model_opts.mmproj.is_none() {
+        return Err(Error::invalid("media", "--video and --image need a vision model: pass --mmproj FILE.gguf"));
+    }
+    a.media.sampling()?;
+    let model = Model::load(&model_opts)?;
+    let mut session = Session::new(model.clone(), &a.context.options()?)?;
     let cancel = session.cancel_token();
     // Ctrl-C while an answer streams stops it; at the prompt the line editor handles it.
     let _ = ctrlc::set_handler(move || cancel.cancel());
 
-    let tok = model.tokenizer();
-    let base: Vec<ChatMessage> = a.system.iter().map(|s| ChatMessage::system(s.clone())).collect();
+    let media: Vec<Media> = a.media.encode(&mut session)?;
+    let kinds = a.media.kinds();
+    let system = a.system.clone().or_else(|| (!media.is_empty()).then(|| DEFAULT_MEDIA_SYSTEM_PROMPT.to_string()));
+    let base: Vec<ChatMessage> = system.iter().map(|s| ChatMessage::system(s.clone())).collect();
     let mut messages = base.clone();
     let mut last_stats = String::from("no answer yet");
     let mut editor = rustyline::DefaultEditor::new().map_err(|e| Error::invalid("terminal", e.to_string()))?;
-    eprintln!("dycoke chat with {} ({} positions of context). /help for commands.", model.path().display(), session.n_ctx());
+    let media_refs: Vec<&Media> = media.iter().collect();
+    let n_embd = model.llm().params().n_embd;
+    let media_tokens: usize = media.iter().map(|m| m.n_rows(n_embd)).sum();
+    eprintln!(
+        "dycoke chat with {} ({} positions of context{}). /help for commands.",
+        model.path().display(),
+        session.n_ctx(),
+        if media.is_empty() { String::new() } else { format!(", {} media using {media_tokens}", media.len()) }
+    );
 
     loop {
         let line = match editor.readline("> ") {
@@ -78,16 +98,26 @@ pub fn run(a: ChatArgs) -> dycoke::Result<()> {
             }
             _ => {}
         }
-        messages.push(ChatMessage::user(line));
-        let text = tok.apply_chat_template(&messages, true)?;
-        let tokens = session.tokenize(&text);
-        session.cancel_token().reset();
-        let bar = progress_bar(tokens.len().saturating_sub(session.n_past()), "prompt", 256);
-        let stats = match session.set_prompt(&[PromptPart::Tokens(&tokens)], &mut |done, _| {
-            if let Some(b) = &bar {
-                b.set_position(done as u64);
+        // The media belong to the first question of a conversation.
+        let first_turn = !messages.iter().any(|m| m.role == "user");
+        let content = if first_turn {
+            match prompt::place_media(line, &kinds) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    continue;
+                }
             }
-        }) {
+        } else {
+            line.to_string()
+        };
+        messages.push(ChatMessage::user(content));
+        let pieces = prompt::tokenize_with_media(model.tokenizer(), &messages, true)?;
+        session.cancel_token().reset();
+        let mut bar = LazyBar::new("prompt", 256);
+        let stats = session.set_prompt_with_media(&pieces, &media_refs, &mut |done, total| bar.update(done, total));
+        bar.finish();
+        let stats = match stats {
             Ok(s) => s,
             Err(Error::ContextOverflow { needed, available, .. }) => {
                 messages.pop();
@@ -101,9 +131,6 @@ pub fn run(a: ChatArgs) -> dycoke::Result<()> {
             }
             Err(e) => return Err(e),
         };
-        if let Some(b) = bar {
-            b.finish_and_clear();
-        }
         let mut stdout = std::io::stdout().lock();
         let answer = session.generate(&gen, &mut |piece| {
             let _ = stdout.write_all(piece.as_bytes());

@@ -16,6 +16,9 @@ pub struct ModelArgs {
     /// LLM GGUF file [default: models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf, from scripts/fetch-qwen2-0.5b].
     #[arg(short = 'm', long = "model", value_name = "GGUF")]
     pub model: Option<PathBuf>,
+    /// Vision model GGUF (SigLIP and projector), needed for --video and --image.
+    #[arg(long, value_name = "GGUF")]
+    pub mmproj: Option<PathBuf>,
     /// Compute device: `cpu`, or a GPU of a build with the cuda/metal/vulkan feature.
     #[arg(long, value_name = "NAME", default_value = "cpu")]
     pub device: String,
@@ -42,15 +45,15 @@ impl ModelArgs {
                 p
             }
         };
-        Ok(ModelOptions { llm: path, device: Some(self.device.clone()), gpu_layers: self.gpu_layers, repack: !self.no_repack })
+        Ok(ModelOptions { llm: path, mmproj: self.mmproj.clone(), device: Some(self.device.clone()), gpu_layers: self.gpu_layers, repack: !self.no_repack })
     }
 }
 
 #[derive(Args, Clone)]
 pub struct ContextArgs {
-    /// Context size in tokens (prompt and answer).
-    #[arg(short = 'c', long = "ctx-size", value_name = "N", default_value_t = 4096)]
-    pub ctx_size: usize,
+    /// Context size in tokens (prompt and answer) [default: 8192, or the model's training context if smaller].
+    #[arg(short = 'c', long = "ctx-size", value_name = "N")]
+    pub ctx_size: Option<usize>,
     /// Prompt tokens evaluated per step.
     #[arg(short = 'b', long = "batch-size", value_name = "N", default_value_t = 512)]
     pub batch_size: usize,
@@ -67,13 +70,17 @@ fn parse_kv_type(s: &str) -> Result<KvType, String> {
 }
 
 impl ContextArgs {
-    pub fn options(&self) -> SessionOptions {
-        SessionOptions {
-            n_ctx: self.ctx_size,
+    pub fn options(&self) -> Result<SessionOptions, Error> {
+        if self.ctx_size == Some(0) {
+            return Err(Error::invalid("context size", "must be at least 1 (leave -c out for the default)"));
+        }
+        Ok(SessionOptions {
+            n_ctx: self.ctx_size.unwrap_or(0),
             n_batch: self.batch_size,
             n_threads: self.threads.unwrap_or_else(dycoke::session::default_threads),
             kv_type: self.cache_type,
-        }
+            ..SessionOptions::default()
+        })
     }
 }
 
@@ -139,6 +146,37 @@ pub fn progress_bar(total: usize, what: &str, min_total: usize) -> Option<Progre
     );
     bar.set_message(what.to_string());
     Some(bar)
+}
+
+/// A progress bar that appears on the first update, once the total is known, when the work is at
+/// least `min_total` steps and stderr is a terminal.
+pub struct LazyBar {
+    label: &'static str,
+    min_total: usize,
+    bar: Option<ProgressBar>,
+    decided: bool,
+}
+
+impl LazyBar {
+    pub fn new(label: &'static str, min_total: usize) -> LazyBar {
+        LazyBar { label, min_total, bar: None, decided: false }
+    }
+
+    pub fn update(&mut self, done: usize, total: usize) {
+        if !self.decided {
+            self.bar = progress_bar(total, self.label, self.min_total);
+            self.decided = true;
+        }
+        if let Some(b) = &self.bar {
+            b.set_position(done as u64);
+        }
+    }
+
+    pub fn finish(self) {
+        if let Some(b) = self.bar {
+            b.finish_and_clear();
+        }
+    }
 }
 
 /// "N tokens in T s (R tok/s)"

@@ -4,6 +4,7 @@ mod bench;
 mod chat;
 mod common;
 mod info;
+mod media;
 mod run;
 
 use std::ffi::OsString;

@@ -4,10 +4,12 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::Args;
+use dycoke::prompt::{self, DEFAULT_MEDIA_SYSTEM_PROMPT};
 use dycoke::tokenizer::ChatMessage;
-use dycoke::{Error, Model, PromptPart, Session};
+use dycoke::{Error, Model, Session};
 
-use super::common::{progress_bar, rate, ContextArgs, ModelArgs, SamplingArgs};
+use super::common::{rate, ContextArgs, LazyBar, ModelArgs, SamplingArgs};
+use super::media::MediaArgs;
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -17,13 +19,15 @@ pub struct RunArgs {
     context: ContextArgs,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    media: MediaArgs,
     /// The prompt.
     #[arg(short = 'p', long = "prompt", value_name = "TEXT", required_unless_present = "file")]
     prompt: Option<String>,
     /// Read the prompt from a file.
     #[arg(short = 'f', long = "file", value_name = "PATH", conflicts_with = "prompt")]
     file: Option<PathBuf>,
-    /// System prompt [default: the chat template's own].
+    /// System prompt [default: "You are a helpful assistant." with media, the chat template's own without].
     #[arg(long, value_name = "TEXT")]
     system: Option<String>,
     /// Feed the prompt as is: no chat template; special tokens such as <|im_start|> are parsed.
@@ -44,34 +48,43 @@ pub fn run(a: RunArgs) -> dycoke::Result<()> {
         (None, Some(f)) => std::fs::read_to_string(f).map_err(|e| Error::io(f, e))?,
         (None, None) => unreachable!("clap requires one of them"),
     };
-    let model = Model::load(&a.model.options()?)?;
+    let mut model_opts = a.model.options()?;
+    if !a.media.is_empty() && model_opts.mmproj.is_none() {
+        return Err(Error::invalid("media", "--video and --image need a vision model: pass --mmproj FILE.gguf"));
+    }
+    a.media.sampling()?; // invalid sampling settings fail before anything loads
+    if a.media.is_empty() {
+        // Nothing to see: the vision model would only cost load time.
+        model_opts.mmproj = None;
+    }
+    let model = Model::load(&model_opts)?;
     if let Some(reason) = model.tokenizer().template().fallback_reason() {
         if !a.raw {
             eprintln!("dycoke: note: {reason}; using ChatML");
         }
     }
-    let mut session = Session::new(model.clone(), &a.context.options())?;
-    let text = if a.raw {
-        prompt
+    let mut session = Session::new(model.clone(), &a.context.options()?)?;
+    let kinds = a.media.kinds();
+    // The prompt's shape is checked before the slow media work.
+    let placed = prompt::place_media(&prompt, &kinds)?;
+    let media = a.media.encode(&mut session)?;
+    let pieces = if a.raw {
+        prompt::split_media(model.tokenizer(), &placed)?
     } else {
         let mut messages = Vec::new();
-        if let Some(s) = &a.system {
-            messages.push(ChatMessage::system(s.clone()));
+        let system = a.system.clone().or_else(|| (!media.is_empty()).then(|| DEFAULT_MEDIA_SYSTEM_PROMPT.to_string()));
+        if let Some(s) = system {
+            messages.push(ChatMessage::system(s));
         }
-        messages.push(ChatMessage::user(prompt));
-        model.tokenizer().apply_chat_template(&messages, true)?
+        messages.push(ChatMessage::user(placed));
+        prompt::tokenize_with_media(model.tokenizer(), &messages, true)?
     };
-    let tokens = session.tokenize(&text);
-
-    let bar = progress_bar(tokens.len(), "prompt", 256);
-    let stats = session.set_prompt(&[PromptPart::Tokens(&tokens)], &mut |done, _| {
-        if let Some(b) = &bar {
-            b.set_position(done as u64);
-        }
-    })?;
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
+    let n_embd = model.llm().params().n_embd;
+    let media_refs: Vec<_> = media.iter().collect();
+    let mut bar = LazyBar::new("prompt", 256);
+    let stats = session.set_prompt_with_media(&pieces, &media_refs, &mut |done, total| bar.update(done, total));
+    bar.finish();
+    let stats = stats?;
     if let Some(path) = &a.dump_logits {
         let bytes: Vec<u8> = session.logits().iter().flat_map(|x| x.to_le_bytes()).collect();
         std::fs::write(path, bytes).map_err(|e| Error::io(path, e))?;
@@ -92,6 +105,17 @@ pub fn run(a: RunArgs) -> dycoke::Result<()> {
     }
     if a.timings {
         eprintln!("load:    {:.2} s", model.load_time().as_secs_f64());
+        for m in &media {
+            eprintln!(
+                "media:   {} ({} {}): decode {:.2} s, encode {:.2} s, {} tokens",
+                m.source.display(),
+                m.frames,
+                if m.tokens_per_frame > 0 { "frames" } else { "crops" },
+                m.decode_time.as_secs_f64(),
+                m.encode_time.as_secs_f64(),
+                m.n_rows(n_embd)
+            );
+        }
         eprintln!("prompt:  {} (reused {})", rate(stats.evaluated, stats.time.as_secs_f64()), stats.reused);
         eprintln!("decode:  {}", rate(result.tokens.len(), result.decode_time.as_secs_f64()));
         eprintln!("stop:    {:?}", result.stop);

@@ -464,6 +464,23 @@ impl Context {
         self.op(&[a], |c| unsafe { sys::ggml_scale(c, a.as_ptr(), s) })
     }
 
+    /// a * s + b, elementwise.
+    pub fn scale_bias(&mut self, a: &Tensor, s: f32, b: f32) -> Tensor {
+        // SAFETY: elementwise.
+        self.op(&[a], |c| unsafe { sys::ggml_scale_bias(c, a.as_ptr(), s, b) })
+    }
+
+    pub fn sqr(&mut self, a: &Tensor) -> Tensor {
+        // SAFETY: elementwise.
+        self.op(&[a], |c| unsafe { sys::ggml_sqr(c, a.as_ptr()) })
+    }
+
+    /// The mean of each row (along ne0): [n, ...] -> [1, ...].
+    pub fn mean_rows(&mut self, a: &Tensor) -> Tensor {
+        // SAFETY: any F32 tensor.
+        self.op(&[a], |c| unsafe { sys::ggml_mean(c, a.as_ptr()) })
+    }
+
     pub fn rms_norm(&mut self, a: &Tensor, eps: f32) -> Tensor {
         // SAFETY: normalises along ne0; any shape.
         self.op(&[a], |c| unsafe { sys::ggml_rms_norm(c, a.as_ptr(), eps) })

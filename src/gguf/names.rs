@@ -87,3 +87,52 @@ pub mod qwen2 {
         format!("blk.{i}.ffn_down.weight")
     }
 }
+
+/// Keys of the vision model (mmproj-style GGUF, architecture `clip`), as llama.cpp's clip.cpp
+/// reads them, plus ours (prefix `dycoke.`, see models.md).
+pub mod clip {
+    pub const ARCH: &str = "clip";
+    pub const HAS_VISION_ENCODER: &str = "clip.has_vision_encoder";
+    pub const HAS_LLAVA_PROJECTOR: &str = "clip.has_llava_projector";
+    pub const PROJECTOR_TYPE: &str = "clip.projector_type";
+    pub const USE_GELU: &str = "clip.use_gelu";
+    pub const IMAGE_SIZE: &str = "clip.vision.image_size";
+    pub const PATCH_SIZE: &str = "clip.vision.patch_size";
+    pub const EMBEDDING_LENGTH: &str = "clip.vision.embedding_length";
+    pub const FEED_FORWARD_LENGTH: &str = "clip.vision.feed_forward_length";
+    pub const BLOCK_COUNT: &str = "clip.vision.block_count";
+    pub const HEAD_COUNT: &str = "clip.vision.attention.head_count";
+    pub const LAYER_NORM_EPS: &str = "clip.vision.attention.layer_norm_epsilon";
+    pub const IMAGE_MEAN: &str = "clip.vision.image_mean";
+    pub const IMAGE_STD: &str = "clip.vision.image_std";
+    pub const PROJECTION_DIM: &str = "clip.vision.projection_dim";
+    pub const FEATURE_LAYER: &str = "clip.vision.feature_layer";
+    pub const GRID_PINPOINTS: &str = "clip.vision.image_grid_pinpoints";
+    pub const MERGE_TYPE: &str = "clip.vision.mm_patch_merge_type";
+    pub const ASPECT_RATIO: &str = "clip.vision.image_aspect_ratio";
+
+    /// Ours: the vision MLP's activation, "gelu_tanh" (llama.cpp infers GELU_QUICK from use_gelu).
+    pub const VISION_ACT: &str = "dycoke.vision.activation";
+    /// Ours: the projector's activation, "gelu_erf".
+    pub const PROJECTOR_ACT: &str = "dycoke.projector.activation";
+    /// Ours: video frame pooling, "bilinear" (LLaVA-OneVision's 27x27 to 14x14).
+    pub const VIDEO_POOL_MODE: &str = "dycoke.video.pool_mode";
+    /// Ours: the pooling divides the patch grid by this, rounding up.
+    pub const VIDEO_POOL_STRIDE: &str = "dycoke.video.pool_stride";
+    /// Ours: where the newline goes after a video, "one_token" (once, after the last frame).
+    pub const VIDEO_NEWLINE: &str = "dycoke.video.newline_position";
+
+    pub const PATCH_EMBD: &str = "v.patch_embd.weight";
+    pub const PATCH_BIAS: &str = "v.patch_embd.bias";
+    pub const POS_EMBD: &str = "v.position_embd.weight";
+    pub const POST_LN: &str = "v.post_ln.weight";
+    /// The first projector layer: llama.cpp's clip.cpp reads mm.0; gguf-py's generic map writes mm.1.
+    pub const MM_1: [&str; 2] = ["mm.0", "mm.1"];
+    pub const MM_2: &str = "mm.2";
+    /// The newline embedding: legacy and older clip-impl.h name, and the current one.
+    pub const NEWLINE: [&str; 2] = ["model.image_newline", "v.image_newline"];
+
+    pub fn blk(i: usize, part: &str) -> String {
+        format!("v.blk.{i}.{part}")
+    }
+}

@@ -2,6 +2,7 @@
 //! and a generator of varied strings.
 #![allow(dead_code)]
 
+pub mod llava;
 pub mod strings;
 
 use std::path::{Path, PathBuf};

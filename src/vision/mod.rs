@@ -1,0 +1,294 @@
+//! The vision side of LLaVA-OneVision: preprocessing, the SigLIP tower, the projector and pooling,
+//! loaded from an mmproj-style GGUF.
+
+pub mod preprocess;
+pub mod projector;
+pub mod siglip;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::ggml::{Backend, Context, Device, DeviceKind, Scheduler};
+use crate::gguf::names::{clip as keys, general};
+use crate::gguf::{GgmlType, GgufError, GgufFile};
+use crate::media::Frame;
+use crate::weights::{Placement, WeightLoader, WeightStore};
+use projector::ProjectorWeights;
+use siglip::{SiglipParams, SiglipWeights};
+
+/// The vision model's settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VisionParams {
+    pub tower: SiglipParams,
+    /// The width of the projected features (the language model's embedding width).
+    pub out_dim: usize,
+    /// Video pooling: each frame's grid side is divided by this, rounding up (27 -> 14).
+    pub pool_stride: usize,
+    /// Grid resolutions (height, width) of the anyres image path.
+    pub pinpoints: Vec<(u32, u32)>,
+    /// anyres_max_N: image features beyond about N crops' worth are downscaled.
+    pub max_crops: usize,
+}
+
+impl VisionParams {
+    /// Tokens per pooled video frame (196 for LLaVA-OneVision).
+    pub fn tokens_per_frame(&self) -> usize {
+        self.pooled_side() * self.pooled_side()
+    }
+
+    pub fn pooled_side(&self) -> usize {
+        self.tower.grid.div_ceil(self.pool_stride)
+    }
+}
+
+/// A loaded vision model (mmproj): shared read-only by every session.
+pub struct VisionModel {
+    params: VisionParams,
+    tower: SiglipWeights,
+    projector: ProjectorWeights,
+    newline: Vec<f32>,
+    _store: WeightStore,
+    file: Arc<GgufFile>,
+}
+
+/// The settings beyond the tower's: projector type, pooling, anyres.
+struct Extras {
+    pool_stride: usize,
+    pinpoints: Vec<(u32, u32)>,
+    max_crops: usize,
+}
+
+fn read_extras(f: &GgufFile, tower: &SiglipParams) -> Result<Extras> {
+    let bad = |k: &str, v: String, problem: &str| f.error(GgufError::KeyValue { key: k.into(), value: v, problem: problem.into() });
+    if let Some(t) = f.get_str(keys::PROJECTOR_TYPE)? {
+        if t != "mlp" {
+            return Err(bad(keys::PROJECTOR_TYPE, t.into(), "only LLaVA's \"mlp\" projector is supported"));
+        }
+    }
+    if f.get_bool(keys::HAS_VISION_ENCODER)? == Some(false) {
+        return Err(bad(keys::HAS_VISION_ENCODER, "false".into(), "this file has no vision encoder"));
+    }
+    if let Some(m) = f.get_str(keys::VIDEO_POOL_MODE)? {
+        if m != "bilinear" {
+            return Err(bad(keys::VIDEO_POOL_MODE, m.into(), "only \"bilinear\" is supported"));
+        }
+    }
+    if let Some(m) = f.get_str(keys::VIDEO_NEWLINE)? {
+        if m != "one_token" {
+            return Err(bad(keys::VIDEO_NEWLINE, m.into(), "only \"one_token\" is supported"));
+        }
+    }
+    let stride: usize = f.get_int(keys::VIDEO_POOL_STRIDE)?.unwrap_or(2);
+    if stride == 0 || stride > tower.grid {
+        return Err(bad(keys::VIDEO_POOL_STRIDE, stride.to_string(), &format!("it must be between 1 and the grid side {}", tower.grid)));
+    }
+    let pinpoints = match f.get_array(keys::GRID_PINPOINTS)? {
+        None => preprocess::default_pinpoints(tower.image_size as u32),
+        Some(a) => {
+            let size = tower.image_size as i128;
+            let v: Option<Vec<i128>> = (0..a.len()).map(|i| a.integer_at(i)).collect();
+            let v = v.filter(|v| !v.is_empty() && v.len() % 2 == 0 && v.len() <= 2048 && v.iter().all(|&x| x > 0 && x % size == 0 && x <= size * 16));
+            let v = v.ok_or_else(|| bad(keys::GRID_PINPOINTS, format!("{a}"), &format!("it must hold pairs of positive multiples of {size}, at most 16 tiles a side")))?;
+            v.chunks(2).map(|p| (p[0] as u32, p[1] as u32)).collect()
+        }
+    };
+    let max_crops = match f.get_str(keys::ASPECT_RATIO)? {
+        None => 9,
+        Some(s) => s
+            .strip_prefix("anyres_max_")
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|&n| (1..=64).contains(&n))
+            .ok_or_else(|| bad(keys::ASPECT_RATIO, s.into(), "only \"anyres_max_N\" is supported"))?,
+    };
+    Ok(Extras { pool_stride: stride, pinpoints, max_crops })
+}
+
+impl VisionModel {
+    /// Loads an mmproj GGUF. Every key and tensor is checked; errors name the file.
+    pub fn load(path: &Path, placement: Placement) -> Result<Arc<VisionModel>> {
+        crate::ggml::init();
+        let file = Arc::new(GgufFile::open(path)?);
+        let arch = file.require_str(general::ARCHITECTURE)?;
+        if arch != keys::ARCH {
+            return Err(file.error(GgufError::Architecture { found: arch.to_string(), expected: "\"clip\" (an mmproj file)".into() }));
+        }
+        let tower_params = SiglipParams::from_gguf(&file)?;
+        let Extras { pool_stride, pinpoints, max_crops } = read_extras(&file, &tower_params)?;
+        let mut w = WeightLoader::new(file.clone(), placement);
+        let tower = SiglipWeights::load(&mut w, &tower_params)?;
+        let projector = ProjectorWeights::load(&mut w, tower_params.hidden)?;
+        let d = projector.out_dim as u64;
+        let newline_name = keys::NEWLINE.iter().find(|n| file.tensor(n).is_some()).copied().ok_or_else(|| {
+            file.error(GgufError::MissingTensor { tensor: "model.image_newline (or v.image_newline)".into() })
+        })?;
+        let info = file.require_tensor(newline_name, &[d])?;
+        if info.ty != GgmlType::F32 {
+            return Err(file.error(GgufError::TensorType { tensor: newline_name.into(), found: info.ty.to_string(), expected: "F32".into() }));
+        }
+        let mut newline = vec![0f32; d as usize];
+        crate::ggml::dequantize(info.ty, file.tensor_data(info), &mut newline);
+        let store = w.finish()?;
+        let params = VisionParams { tower: tower_params, out_dim: projector.out_dim, pool_stride, pinpoints, max_crops };
+        Ok(Arc::new(VisionModel { params, tower, projector, newline, _store: store, file }))
+    }
+
+    pub fn params(&self) -> &VisionParams {
+        &self.params
+    }
+
+    pub fn path(&self) -> &Path {
+        self.file.path()
+    }
+
+    /// The embedding that follows a video (and each image row).
+    pub fn newline(&self) -> &[f32] {
+        &self.newline
+    }
+
+    /// Checks that the projector feeds a language model of this width.
+    pub fn check_llm_width(&self, n_embd: usize) -> Result<()> {
+        if self.params.out_dim != n_embd {
+            return Err(Error::Vision(format!(
+                "{}: the projector outputs {} values per token but the language model's embeddings have {}; the mmproj belongs to another model",
+                self.path().display(),
+                self.params.out_dim,
+                n_embd
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Where a vision computation starts and ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    /// Normalized pixels, CHW per image.
+    Pixels,
+    /// The tower's output [n_patches][hidden] per image.
+    Features,
+    /// The projector's output [n_patches][out_dim] per image.
+    Projected,
+    /// Pooled projected features [pooled^2][out_dim] per image (the video path).
+    Pooled,
+}
+
+/// A session's vision runner: its own backend and scheduler.
+pub struct VisionContext {
+    model: Arc<VisionModel>,
+    sched: Scheduler,
+    batch: usize,
+}
+
+impl VisionContext {
+    /// `batch`: images per graph (more uses more memory, fewer graph launches).
+    pub fn new(model: Arc<VisionModel>, device: Device, n_threads: usize, batch: usize) -> Result<VisionContext> {
+        let mut backends = Vec::new();
+        if device.kind() != DeviceKind::Cpu {
+            backends.push(Backend::new(device, n_threads).ok_or_else(|| Error::Device { name: device.name(), available: device.name() })?);
+        }
+        backends.push(Backend::cpu(n_threads));
+        let nodes = model.params.tower.n_layer * 48 + 64;
+        Ok(VisionContext { model, sched: Scheduler::new(backends, nodes), batch: batch.max(1) })
+    }
+
+    pub fn model(&self) -> &Arc<VisionModel> {
+        &self.model
+    }
+
+    /// Values per image at a stage.
+    fn size_at(&self, stage: Stage) -> usize {
+        let p = &self.model.params;
+        let t = &p.tower;
+        match stage {
+            Stage::Pixels => 3 * t.image_size * t.image_size,
+            Stage::Features => t.n_patches() * t.hidden,
+            Stage::Projected => t.n_patches() * p.out_dim,
+            Stage::Pooled => p.tokens_per_frame() * p.out_dim,
+        }
+    }
+
+    /// Runs `n` images from stage `from` to stage `to` (from < to) in one graph.
+    pub fn run(&mut self, from: Stage, to: Stage, input: &[f32], n: usize) -> Result<Vec<f32>> {
+        if from >= to || from == Stage::Pooled {
+            return Err(Error::invalid("vision stages", format!("cannot go from {from:?} to {to:?}")));
+        }
+        if input.len() != self.size_at(from) * n || n == 0 {
+            return Err(Error::invalid("vision input", format!("{} values for {n} images at {from:?}", input.len())));
+        }
+        let model = self.model.clone();
+        let p = &model.params;
+        let t = &p.tower;
+        let nodes = t.n_layer * 48 + 64;
+        let mut g = Context::new(nodes * 2, nodes);
+        let (np, b) = (t.n_patches() as i64, n as i64);
+        let (inp, host): (_, Vec<f32>) = match from {
+            Stage::Pixels => {
+                let x = g.input("inp_patches", GgmlType::F32, &[t.patch_values() as i64, np * b]);
+                let per = self.size_at(Stage::Pixels);
+                let patches = input.chunks(per).flat_map(|chw| preprocess::patchify(chw, t.image_size, t.patch_size)).collect();
+                (x, patches)
+            }
+            Stage::Features => (g.input("inp_features", GgmlType::F32, &[t.hidden as i64, np, b]), input.to_vec()),
+            _ => (g.input("inp_projected", GgmlType::F32, &[p.out_dim as i64, np, b]), input.to_vec()),
+        };
+        let mut x = inp.clone();
+        if from < Stage::Features {
+            x = model.tower.build(&mut g, t, &x, n);
+        }
+        if from < Stage::Projected && to >= Stage::Projected {
+            x = model.projector.build(&mut g, &x);
+        }
+        if to == Stage::Pooled {
+            x = projector::build_pool(&mut g, &x, t.grid, p.pooled_side());
+        }
+        g.set_output(&x);
+        let mut graph = g.new_graph(nodes);
+        graph.expand(&x);
+        self.sched.alloc(&graph, &g)?;
+        inp.write_f32(&host);
+        self.sched.compute(&graph)?;
+        Ok(x.read_f32())
+    }
+
+    /// Normalized CHW pixels of frames squashed to the tower's input size.
+    pub fn frame_pixels(&self, frames: &[Frame]) -> Vec<f32> {
+        let t = &self.model.params.tower;
+        let size = t.image_size as u32;
+        frames.iter().flat_map(|f| preprocess::normalize(&preprocess::resize_bicubic(f, size, size), t.mean, t.std)).collect()
+    }
+
+    /// A video's frames, projected and pooled: [frames * tokens_per_frame][out_dim] (the newline
+    /// is not included). `progress(done, total)` counts frames.
+    pub fn encode_video(&mut self, frames: &[Frame], progress: &mut dyn FnMut(usize, usize)) -> Result<Vec<f32>> {
+        let mut out = Vec::with_capacity(frames.len() * self.size_at(Stage::Pooled));
+        for (i, chunk) in frames.chunks(self.batch).enumerate() {
+            let pixels = self.frame_pixels(chunk);
+            out.extend(self.run(Stage::Pixels, Stage::Pooled, &pixels, chunk.len())?);
+            progress((i * self.batch + chunk.len()).min(frames.len()), frames.len());
+        }
+        Ok(out)
+    }
+
+    /// An image through the anyres path: [tokens][out_dim], newlines included.
+    pub fn encode_image(&mut self, image: &Frame, progress: &mut dyn FnMut(usize, usize)) -> Result<Vec<f32>> {
+        let p = self.model.params.clone();
+        let t = &p.tower;
+        let (crops, tiles) = preprocess::anyres_crops(image, &p.pinpoints, t.image_size as u32);
+        let mut projected = Vec::with_capacity(crops.len() * self.size_at(Stage::Projected));
+        for (i, chunk) in crops.chunks(self.batch).enumerate() {
+            let pixels: Vec<f32> = chunk.iter().flat_map(|c| preprocess::normalize(c, t.mean, t.std)).collect();
+            projected.extend(self.run(Stage::Pixels, Stage::Projected, &pixels, chunk.len())?);
+            progress((i * self.batch + chunk.len()).min(crops.len()), crops.len());
+        }
+        Ok(projector::pack_anyres(
+            &projected,
+            p.out_dim,
+            t.grid,
+            (tiles.0 as usize, tiles.1 as usize),
+            (image.height as usize, image.width as usize),
+            self.model.newline(),
+            p.max_crops,
+        ))
+    }
+}

@@ -1,0 +1,209 @@
+//! The SigLIP vision tower: patch embedding, position embedding, pre-LN transformer blocks (tanh
+//! GELU), and no post-LN: LLaVA-OneVision uses the last block's raw output.
+
+use crate::error::{Error, Result};
+use crate::ggml::{Context, Tensor};
+use crate::gguf::names::clip as keys;
+use crate::gguf::{GgmlType, GgufError, GgufFile};
+use crate::nn;
+use crate::weights::{WeightLoader, WeightUse};
+
+/// The tower's shape, read once from the mmproj metadata.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SiglipParams {
+    pub image_size: usize,
+    pub patch_size: usize,
+    /// Patches per side (the remainder pixels are discarded, as the convolution does).
+    pub grid: usize,
+    pub hidden: usize,
+    pub ffn: usize,
+    /// Blocks run (the feature layer).
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub eps: f32,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl SiglipParams {
+    pub fn n_patches(&self) -> usize {
+        self.grid * self.grid
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.hidden / self.n_head
+    }
+
+    pub fn patch_values(&self) -> usize {
+        3 * self.patch_size * self.patch_size
+    }
+
+    pub fn from_gguf(f: &GgufFile) -> Result<SiglipParams> {
+        let bad = |k: &str, v: String, problem: &str| f.error(GgufError::KeyValue { key: k.into(), value: v, problem: problem.into() });
+        let dim = |k: &str, max: usize| -> Result<usize> {
+            let v: usize = f.require_int(k)?;
+            if v == 0 || v > max {
+                return Err(bad(k, v.to_string(), &format!("it must be between 1 and {max}")));
+            }
+            Ok(v)
+        };
+        let image_size = dim(keys::IMAGE_SIZE, 4096)?;
+        let patch_size = dim(keys::PATCH_SIZE, image_size)?;
+        let hidden = dim(keys::EMBEDDING_LENGTH, 1 << 16)?;
+        let ffn = dim(keys::FEED_FORWARD_LENGTH, 1 << 18)?;
+        let blocks = dim(keys::BLOCK_COUNT, 512)?;
+        let n_head = dim(keys::HEAD_COUNT, 1024)?;
+        if hidden % n_head != 0 {
+            return Err(bad(keys::HEAD_COUNT, n_head.to_string(), &format!("it must divide the hidden size {hidden}")));
+        }
+        let eps = f.get_float(keys::LAYER_NORM_EPS)?.unwrap_or(1e-6) as f32;
+        if !(eps.is_finite() && eps > 0.0 && eps < 1.0) {
+            return Err(bad(keys::LAYER_NORM_EPS, eps.to_string(), "it must be between 0 and 1"));
+        }
+        // The feature layer: after n blocks. Several layers (concatenated features) are another model.
+        let n_layer = match f.get_array(keys::FEATURE_LAYER)? {
+            None => blocks,
+            Some(a) if a.len() == 1 => {
+                let n = a.integer_at(0).ok_or_else(|| bad(keys::FEATURE_LAYER, format!("{a}"), "it must hold integers"))?;
+                if n < 1 || n > blocks as i128 {
+                    return Err(bad(keys::FEATURE_LAYER, n.to_string(), &format!("it must be between 1 and the block count {blocks}")));
+                }
+                n as usize
+            }
+            Some(a) => return Err(bad(keys::FEATURE_LAYER, format!("{a}"), "features of several layers are not supported")),
+        };
+        let triple = |k: &str, default: f32| -> Result<[f32; 3]> {
+            match f.get_array(k)? {
+                None => Ok([default; 3]),
+                Some(a) if a.len() == 3 => {
+                    let v: Option<Vec<f32>> = (0..3).map(|i| a.float_at(i).map(|x| x as f32)).collect();
+                    let v = v.ok_or_else(|| bad(k, format!("{a}"), "it must hold 3 floats"))?;
+                    if v.iter().any(|x| !x.is_finite()) {
+                        return Err(bad(k, format!("{a}"), "it must hold finite numbers"));
+                    }
+                    Ok([v[0], v[1], v[2]])
+                }
+                Some(a) => Err(bad(k, format!("{a}"), "it must hold 3 floats")),
+            }
+        };
+        let mean = triple(keys::IMAGE_MEAN, 0.5)?;
+        let std = triple(keys::IMAGE_STD, 0.5)?;
+        if std.iter().any(|&s| s <= 0.0) {
+            return Err(bad(keys::IMAGE_STD, format!("{std:?}"), "every value must be positive"));
+        }
+        if let Some(act) = f.get_str(keys::VISION_ACT)? {
+            if act != "gelu_tanh" {
+                return Err(bad(keys::VISION_ACT, act.into(), "only \"gelu_tanh\" (SigLIP's) is supported"));
+            }
+        }
+        Ok(SiglipParams { image_size, patch_size, grid: image_size / patch_size, hidden, ffn, n_layer, n_head, eps, mean, std })
+    }
+}
+
+struct Block {
+    ln1_w: Tensor,
+    ln1_b: Tensor,
+    q_w: Tensor,
+    q_b: Tensor,
+    k_w: Tensor,
+    k_b: Tensor,
+    v_w: Tensor,
+    v_b: Tensor,
+    out_w: Tensor,
+    out_b: Tensor,
+    ln2_w: Tensor,
+    ln2_b: Tensor,
+    up_w: Tensor,
+    up_b: Tensor,
+    down_w: Tensor,
+    down_b: Tensor,
+}
+
+pub struct SiglipWeights {
+    patch_w: Tensor,
+    patch_b: Tensor,
+    pos: Tensor,
+    blocks: Vec<Block>,
+}
+
+impl SiglipWeights {
+    pub fn load(w: &mut WeightLoader, p: &SiglipParams) -> Result<SiglipWeights> {
+        let (h, ff, ps) = (p.hidden as u64, p.ffn as u64, p.patch_size as u64);
+        let patch_w = w.tensor(keys::PATCH_EMBD, &[ps, ps, 3, h], WeightUse::Matmul, None)?;
+        if !matches!(patch_w.ty(), GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16) {
+            return Err(w.file().error(GgufError::TensorType {
+                tensor: keys::PATCH_EMBD.into(),
+                found: patch_w.ty().to_string(),
+                expected: "F32, F16 or BF16".into(),
+            }));
+        }
+        let patch_b = w.tensor(keys::PATCH_BIAS, &[h], WeightUse::Vector, None)?;
+        let pos = w.tensor(keys::POS_EMBD, &[h, p.n_patches() as u64], WeightUse::Exact(GgmlType::F32), None)?;
+        let mut blocks = Vec::with_capacity(p.n_layer);
+        for i in 0..p.n_layer {
+            let b = |part: &str| keys::blk(i, part);
+            // The legacy converter names fc1 ffn_down and fc2 ffn_up; clip.cpp swaps them back when
+            // ffn_down's first dimension is the hidden size. So do we.
+            let swapped = w.file().tensor(&b("ffn_down.weight")).is_some_and(|t| t.shape.first() == Some(&h) && h != ff);
+            let (fc1, fc2) = if swapped { ("ffn_down", "ffn_up") } else { ("ffn_up", "ffn_down") };
+            let l = Some(i);
+            blocks.push(Block {
+                ln1_w: w.tensor(&b("ln1.weight"), &[h], WeightUse::Vector, l)?,
+                ln1_b: w.tensor(&b("ln1.bias"), &[h], WeightUse::Vector, l)?,
+                q_w: w.tensor(&b("attn_q.weight"), &[h, h], WeightUse::Matmul, l)?,
+                q_b: w.tensor(&b("attn_q.bias"), &[h], WeightUse::Vector, l)?,
+                k_w: w.tensor(&b("attn_k.weight"), &[h, h], WeightUse::Matmul, l)?,
+                k_b: w.tensor(&b("attn_k.bias"), &[h], WeightUse::Vector, l)?,
+                v_w: w.tensor(&b("attn_v.weight"), &[h, h], WeightUse::Matmul, l)?,
+                v_b: w.tensor(&b("attn_v.bias"), &[h], WeightUse::Vector, l)?,
+                out_w: w.tensor(&b("attn_out.weight"), &[h, h], WeightUse::Matmul, l)?,
+                out_b: w.tensor(&b("attn_out.bias"), &[h], WeightUse::Vector, l)?,
+                ln2_w: w.tensor(&b("ln2.weight"), &[h], WeightUse::Vector, l)?,
+                ln2_b: w.tensor(&b("ln2.bias"), &[h], WeightUse::Vector, l)?,
+                up_w: w.tensor(&b(&format!("{fc1}.weight")), &[h, ff], WeightUse::Matmul, l)?,
+                up_b: w.tensor(&b(&format!("{fc1}.bias")), &[ff], WeightUse::Vector, l)?,
+                down_w: w.tensor(&b(&format!("{fc2}.weight")), &[ff, h], WeightUse::Matmul, l)?,
+                down_b: w.tensor(&b(&format!("{fc2}.bias")), &[h], WeightUse::Vector, l)?,
+            });
+        }
+        if blocks.is_empty() {
+            return Err(Error::Vision("the vision tower has no blocks".into()));
+        }
+        Ok(SiglipWeights { patch_w, patch_b, pos, blocks })
+    }
+
+    /// The tower over a batch of images given as patches ([3 p^2, n_patches * batch], see
+    /// `preprocess::patchify`): returns the features [hidden, n_patches, batch].
+    pub fn build(&self, g: &mut Context, p: &SiglipParams, patches: &Tensor, batch: usize) -> Tensor {
+        let (h, n, b) = (p.hidden as i64, p.n_patches() as i64, batch as i64);
+        // The convolution with stride = kernel is a matrix product over flattened patches.
+        let kernel = g.reshape(&self.patch_w, &[p.patch_values() as i64, h]);
+        let x = nn::linear(g, patches, &kernel, Some(&self.patch_b));
+        let x = g.reshape(&x, &[h, n, b]);
+        let mut x = g.add(&x, &self.pos);
+        let (hd, nh) = (p.head_dim() as i64, p.n_head as i64);
+        let scale = 1.0 / (p.head_dim() as f32).sqrt();
+        for blk in &self.blocks {
+            let cur = nn::layer_norm(g, &x, &blk.ln1_w, &blk.ln1_b, p.eps);
+            let heads = |g: &mut Context, w: &Tensor, bias: &Tensor| {
+                let t = nn::linear(g, &cur, w, Some(bias));
+                let t = g.reshape(&t, &[hd, nh, n, b]);
+                g.permute(&t, [0, 2, 1, 3]) // [hd, n, nh, b]
+            };
+            let q = heads(g, &blk.q_w, &blk.q_b);
+            let k = heads(g, &blk.k_w, &blk.k_b);
+            let v = heads(g, &blk.v_w, &blk.v_b);
+            // Every patch attends to every patch of its image; K/V stay F32 (exact for F32 weights).
+            let a = g.flash_attn_ext(&q, &k, &v, None, scale); // [hd, nh, n, b]
+            let a = g.reshape(&a, &[h, n, b]);
+            let a = nn::linear(g, &a, &blk.out_w, Some(&blk.out_b));
+            x = g.add(&x, &a);
+            let cur = nn::layer_norm(g, &x, &blk.ln2_w, &blk.ln2_b, p.eps);
+            let up = nn::linear(g, &cur, &blk.up_w, Some(&blk.up_b));
+            let act = nn::gelu_tanh_precise(g, &up);
+            let down = nn::linear(g, &act, &blk.down_w, Some(&blk.down_b));
+            x = g.add(&x, &down);
+        }
+        x
+    }
+}
