@@ -189,3 +189,184 @@ pub fn table_header() -> String {
 pub fn secs(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
 }
+
+// ---- vision ------------------------------------------------------------------------------------
+
+use crate::ggml::{Backend, Context as GraphContext, Device, Scheduler};
+use crate::gguf::GgmlType;
+use crate::vision::{Stage, VisionContext, VisionModel};
+use crate::weights::Placement;
+
+/// Settings of the vision benchmark.
+#[derive(Clone, Debug)]
+pub struct VisionBenchOptions {
+    pub mmproj: PathBuf,
+    pub threads: usize,
+    /// Frames encoded per measurement.
+    pub frames: usize,
+    /// Frames per graph.
+    pub batch: usize,
+    pub reps: usize,
+    /// With the `llama-mtmd` feature: a text model whose width the mmproj feeds, to measure the same
+    /// encoder in llama.cpp's CLIP.
+    pub llama_cpp_llm: Option<PathBuf>,
+}
+
+/// The result of the vision benchmark.
+#[derive(Clone, Debug, Serialize)]
+pub struct VisionBenchReport {
+    pub file: String,
+    pub weight_type: String,
+    pub threads: usize,
+    pub frames: usize,
+    pub batch: usize,
+    /// Seconds per frame through tower, projector and pooling.
+    pub seconds_per_frame: f64,
+    /// Floating-point operations per frame (matrix products and attention).
+    pub gflop_per_frame: f64,
+    /// Achieved GFLOP/s of the whole encoder.
+    pub achieved_gflops: f64,
+    /// GFLOP/s of the tower's matrix products alone (same shapes and types), on this machine.
+    pub matmul_gflops: f64,
+    /// achieved / matmul throughput.
+    pub efficiency: f64,
+    /// llama.cpp's CLIP on the same file (one 384x384 frame, one crop), when measured.
+    pub llama_cpp_seconds_per_frame: Option<f64>,
+}
+
+/// FLOPs of one frame: every matrix product of the tower and projector, and attention.
+pub fn vision_flops_per_frame(m: &VisionModel) -> f64 {
+    let p = m.params();
+    let t = &p.tower;
+    let (n, h, f, d) = (t.n_patches() as f64, t.hidden as f64, t.ffn as f64, p.out_dim as f64);
+    let per_block = 2.0 * n * (4.0 * h * h + 2.0 * h * f) + 2.0 * 2.0 * n * n * h;
+    let patch = 2.0 * n * t.patch_values() as f64 * h;
+    let projector = 2.0 * n * (h * d + d * d);
+    t.n_layer as f64 * per_block + patch + projector
+}
+
+/// The type of the tower's matrices in a vision GGUF (for the report).
+fn tower_type(file: &crate::gguf::GgufFile) -> GgmlType {
+    file.tensor("v.blk.0.attn_q.weight").map_or(GgmlType::F32, |t| t.ty)
+}
+
+/// Measures the throughput of the tower's matrix products alone: one block's six products over
+/// `rows` patches, with weights of the file's types, repeated `repeat` times in one graph.
+fn matmul_gflops(file: &crate::gguf::GgufFile, hidden: usize, ffn: usize, rows: usize, threads: usize) -> Result<f64> {
+    let mut g = GraphContext::new(64, 64);
+    let ty = |name: &str| file.tensor(name).map_or(GgmlType::F16, |t| t.ty);
+    let shapes = [
+        ("v.blk.0.attn_q.weight", hidden, hidden),
+        ("v.blk.0.attn_k.weight", hidden, hidden),
+        ("v.blk.0.attn_v.weight", hidden, hidden),
+        ("v.blk.0.attn_out.weight", hidden, hidden),
+        ("v.blk.0.ffn_up.weight", hidden, ffn),
+        ("v.blk.0.ffn_down.weight", ffn, hidden),
+    ];
+    let mut weights = Vec::new();
+    let mut outs = Vec::new();
+    let x_h = g.input("x_hidden", GgmlType::F32, &[hidden as i64, rows as i64]);
+    let x_f = g.input("x_ffn", GgmlType::F32, &[ffn as i64, rows as i64]);
+    let mut flops = 0.0;
+    for (name, k, m) in shapes {
+        let w = g.new_tensor(ty(name), &[k as i64, m as i64]);
+        g.set_input(&w);
+        let x = if k == hidden { &x_h } else { &x_f };
+        let y = g.mul_mat(&w, x);
+        g.set_output(&y);
+        flops += 2.0 * (k * m * rows) as f64;
+        weights.push(w);
+        outs.push(y);
+    }
+    let mut graph = g.new_graph(64);
+    for y in &outs {
+        graph.expand(y);
+    }
+    let mut sched = Scheduler::new(vec![Backend::cpu(threads)], 64);
+    sched.alloc(&graph, &g)?;
+    // Weights hold arbitrary bytes: matrix-product speed does not depend on the values, but the
+    // values must be finite, so the inputs are zeros.
+    for w in &weights {
+        w.write_bytes(&vec![0u8; w.n_bytes()]);
+    }
+    x_h.write_f32(&vec![0.5; hidden * rows]);
+    x_f.write_f32(&vec![0.5; ffn * rows]);
+    sched.compute(&graph)?; // warm-up
+    let reps = 3;
+    let t = Instant::now();
+    for _ in 0..reps {
+        sched.compute(&graph)?;
+    }
+    Ok(flops * reps as f64 / t.elapsed().as_secs_f64() / 1e9)
+}
+
+/// Encodes synthetic frames with a vision model and compares with the matrix products' throughput.
+pub fn run_vision_bench(opts: &VisionBenchOptions) -> Result<VisionBenchReport> {
+    if opts.frames == 0 || opts.reps == 0 || opts.batch == 0 {
+        return Err(Error::invalid("bench", "frames, batch and repetitions must be at least 1"));
+    }
+    let model = VisionModel::load(&opts.mmproj, Placement::cpu())?;
+    let file = crate::gguf::GgufFile::open(&opts.mmproj)?;
+    let p = model.params().clone();
+    let size = p.tower.image_size;
+    // Smooth synthetic frames (the values do not change the work).
+    let pixels: Vec<f32> = (0..opts.frames * 3 * size * size).map(|i| ((i % 997) as f32 / 498.5) - 1.0).collect();
+    let mut ctx = VisionContext::new(model.clone(), Device::cpu(), opts.threads, opts.batch)?;
+    let per = 3 * size * size;
+    let encode = |ctx: &mut VisionContext| -> Result<()> {
+        for chunk in pixels.chunks(per * opts.batch) {
+            ctx.run(Stage::Pixels, Stage::Pooled, chunk, chunk.len() / per)?;
+        }
+        Ok(())
+    };
+    encode(&mut ctx)?; // warm-up: graph sizes, page faults
+    let mut times = Vec::new();
+    for _ in 0..opts.reps {
+        let t = Instant::now();
+        encode(&mut ctx)?;
+        times.push(t.elapsed().as_secs_f64() / opts.frames as f64);
+    }
+    drop(ctx);
+    let seconds_per_frame = median(times);
+    let gflop = vision_flops_per_frame(&model) / 1e9;
+    let achieved = gflop / seconds_per_frame;
+    let matmul = matmul_gflops(&file, p.tower.hidden, p.tower.ffn, p.tower.n_patches() * opts.batch, opts.threads)?;
+    let llama_cpp_seconds_per_frame = match &opts.llama_cpp_llm {
+        None => None,
+        Some(llm) => Some(llama_cpp_clip_seconds(&opts.mmproj, llm, size as u32, opts.threads, opts.reps)?),
+    };
+    Ok(VisionBenchReport {
+        file: opts.mmproj.display().to_string(),
+        weight_type: tower_type(&file).to_string(),
+        threads: opts.threads,
+        frames: opts.frames,
+        batch: opts.batch,
+        seconds_per_frame,
+        gflop_per_frame: gflop,
+        achieved_gflops: achieved,
+        matmul_gflops: matmul,
+        efficiency: achieved / matmul,
+        llama_cpp_seconds_per_frame,
+    })
+}
+
+/// Seconds llama.cpp's CLIP takes for one frame of `size` x `size` pixels (median of `reps`).
+#[cfg(feature = "llama-mtmd")]
+fn llama_cpp_clip_seconds(mmproj: &std::path::Path, llm: &std::path::Path, size: u32, threads: usize, reps: usize) -> Result<f64> {
+    use crate::ggml::reference::RefClip;
+    let model = RefModel::load(llm, false).ok_or_else(|| Error::invalid("bench", format!("llama.cpp could not load {}", llm.display())))?;
+    let mut clip = RefClip::load(mmproj, &model, threads as i32)
+        .ok_or_else(|| Error::invalid("bench", format!("llama.cpp's CLIP could not load {}", mmproj.display())))?;
+    let rgb: Vec<u8> = (0..size * size * 3).map(|i| (i % 251) as u8).collect();
+    clip.encode_seconds(&rgb, size, size).ok_or_else(|| Error::invalid("bench", "llama.cpp's CLIP failed to encode"))?;
+    let mut times = Vec::new();
+    for _ in 0..reps {
+        times.push(clip.encode_seconds(&rgb, size, size).ok_or_else(|| Error::invalid("bench", "llama.cpp's CLIP failed to encode"))?.0);
+    }
+    Ok(median(times))
+}
+
+#[cfg(not(feature = "llama-mtmd"))]
+fn llama_cpp_clip_seconds(_: &std::path::Path, _: &std::path::Path, _: u32, _: usize, _: usize) -> Result<f64> {
+    Err(Error::invalid("bench", "this build has no llama.cpp CLIP: rebuild with --features llama-mtmd"))
+}

@@ -314,3 +314,150 @@ fn missing_or_unreadable_model_files() {
     fails_with(&dycoke(&["info", "/nonexistent.gguf"]), &["/nonexistent.gguf"]);
     fails_with(&dycoke(&["run", "-m", "x.gguf"]), &["--prompt"]);
 }
+
+// ---- media and the vision model -----------------------------------------------------------------
+
+fn tiny() -> (String, String) {
+    let (llm, mmproj) = common::llava::converted(GgmlType::F32);
+    (llm.to_str().unwrap().to_string(), mmproj.to_str().unwrap().to_string())
+}
+
+fn fixture_video(name: &str) -> Vec<u8> {
+    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/videos").join(name)).unwrap()
+}
+
+fn ask_about(flag: &str, path: &Path, extra: &[&str]) -> Output {
+    ask(flag, path, "What is this?", extra)
+}
+
+fn ask(flag: &str, path: &Path, prompt: &str, extra: &[&str]) -> Output {
+    // 8 frames keep the tiny model's prompt inside its 4096 positions.
+    let frames: &[&str] = if extra.iter().any(|a| a.starts_with("--f")) { &[] } else { &["--frames", "8"] };
+    let (llm, mmproj) = tiny();
+    let mut args = vec!["run", "-m", &llm, "--mmproj", &mmproj, flag, path.to_str().unwrap(), "-p", prompt, "-n", "1"];
+    args.extend_from_slice(frames);
+    args.extend_from_slice(extra);
+    dycoke(&args)
+}
+
+/// CRC-32 (ISO-HDLC, as PNG uses) of `bytes`.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut c = 0xFFFF_FFFFu32;
+    for &b in bytes {
+        c ^= u32::from(b);
+        for _ in 0..8 {
+            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+        }
+    }
+    !c
+}
+
+#[test]
+fn broken_videos() {
+    let good = fixture_video("h264_main.mp4");
+    let p = scratch("truncated.mp4");
+    std::fs::write(&p, &good[..good.len() / 3]).unwrap();
+    fails_with(&ask_about("--video", &p, &[]), &["truncated.mp4"]);
+    let mut garbled = good.clone();
+    for b in garbled.iter_mut().take(64) {
+        *b = 0xA5;
+    }
+    let p = scratch("garbled.mp4");
+    std::fs::write(&p, &garbled).unwrap();
+    fails_with(&ask_about("--video", &p, &[]), &["garbled.mp4", "cannot read it as a video"]);
+    let p = scratch("empty.mp4");
+    std::fs::write(&p, b"").unwrap();
+    fails_with(&ask_about("--video", &p, &[]), &["empty.mp4", "empty"]);
+    let p = scratch("text.mp4");
+    std::fs::write(&p, b"this is not a video, just some text\n".repeat(50)).unwrap();
+    fails_with(&ask_about("--video", &p, &[]), &["text.mp4"]);
+    fails_with(&ask_about("--video", Path::new("/nonexistent/clip.mp4"), &[]), &["/nonexistent/clip.mp4"]);
+}
+
+#[test]
+fn unsupported_codec() {
+    // A Matroska file whose CodecID no FFmpeg knows: a valid container, an unreadable video.
+    let mut bytes = fixture_video("hevc_main10.mkv");
+    let at = bytes.windows(16).position(|w| w == b"V_MPEGH/ISO/HEVC").expect("the HEVC codec id");
+    bytes[at..at + 16].copy_from_slice(b"V_UNKNOWN/CODEC!");
+    let p = scratch("unknown-codec.mkv");
+    std::fs::write(&p, &bytes).unwrap();
+    fails_with(&ask_about("--video", &p, &[]), &["unknown-codec.mkv", "codec"]);
+}
+
+#[test]
+fn videos_without_frames() {
+    let dir = scratch("no-frames");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("notes.txt"), b"no images here").unwrap();
+    fails_with(&ask_about("--video", &dir, &[]), &["no-frames", "no PNG or JPEG frames"]);
+    // A container whose video stream holds no samples.
+    let good = fixture_video("h264_baseline.mp4");
+    let p = scratch("no-samples.mp4");
+    let moov = good.windows(4).position(|w| w == b"moov").unwrap() - 4;
+    let mdat = good.windows(4).position(|w| w == b"mdat").unwrap() - 4;
+    let mut stripped = good[..mdat.min(moov)].to_vec();
+    stripped.extend_from_slice(&good[moov..]);
+    std::fs::write(&p, &stripped).unwrap();
+    fails_with(&ask_about("--video", &p, &[]), &["no-samples.mp4"]);
+}
+
+#[test]
+fn broken_images() {
+    let p = scratch("notes.png");
+    std::fs::write(&p, b"just text in a .png file").unwrap();
+    fails_with(&ask_about("--image", &p, &[]), &["notes.png", "not a PNG or JPEG image"]);
+    let good = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llava-tiny/image.png")).unwrap();
+    let p = scratch("cut.png");
+    std::fs::write(&p, &good[..good.len() / 2]).unwrap();
+    fails_with(&ask_about("--image", &p, &[]), &["cut.png", "corrupt"]);
+    // A PNG whose header claims 100000 x 100000 pixels: refused before anything is allocated.
+    let chunk = |kind: &[u8], data: &[u8]| {
+        let mut c = (data.len() as u32).to_be_bytes().to_vec();
+        c.extend_from_slice(kind);
+        c.extend_from_slice(data);
+        c.extend_from_slice(&crc32(&c[4..]).to_be_bytes());
+        c
+    };
+    let mut ihdr = 100_000u32.to_be_bytes().to_vec();
+    ihdr.extend_from_slice(&100_000u32.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    let mut huge = b"\x89PNG\r\n\x1a\n".to_vec();
+    huge.extend(chunk(b"IHDR", &ihdr));
+    huge.extend(chunk(b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]));
+    huge.extend(chunk(b"IEND", &[]));
+    let p = scratch("huge.png");
+    std::fs::write(&p, &huge).unwrap();
+    fails_with(&ask_about("--image", &p, &[]), &["huge.png", "larger than the limit"]);
+}
+
+#[test]
+fn vision_model_mismatches() {
+    let (llm, mmproj) = tiny();
+    let video = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llava-tiny/clip.mp4");
+    let video = video.to_str().unwrap();
+    // The tiny mmproj feeds 64-wide embeddings; the random Qwen2 is 256 wide.
+    let other = common::random_model(GgmlType::F32);
+    fails_with(&dycoke(&["run", "-m", other.to_str().unwrap(), "--mmproj", &mmproj, "--video", video, "-p", "x"]), &["64", "256", "mmproj"]);
+    // An LLM file given as the mmproj.
+    fails_with(&dycoke(&["run", "-m", &llm, "--mmproj", &llm, "--video", video, "-p", "x"]), &["architecture is \"qwen2\"", "clip"]);
+    // Media without a vision model.
+    fails_with(&dycoke(&["run", "-m", &llm, "--video", video, "-p", "x"]), &["--mmproj"]);
+}
+
+#[test]
+fn prompts_and_media_that_do_not_match() {
+    let video = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llava-tiny/clip.mp4");
+    fails_with(&ask("--video", &video, "Compare <video> with <video>.", &[]), &["2 <video>", "1 videos"]);
+    let image = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llava-tiny/image.png");
+    fails_with(&ask("--image", &image, "What is in <video>?", &[]), &["placeholders"]);
+}
+
+#[test]
+fn invalid_sampling() {
+    let video = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llava-tiny/clip.mp4");
+    fails_with(&ask_about("--video", &video, &["--frames", "0"]), &["frames"]);
+    fails_with(&ask_about("--video", &video, &["--frames", "500"]), &["frames", "cap"]);
+    fails_with(&ask_about("--video", &video, &["--fps", "-2"]), &["fps"]);
+    fails_with(&ask_about("--video", &video, &["--max-frames", "0"]), &["max-frames"]);
+}

@@ -324,6 +324,71 @@ fn mean_std(dir: &Path) -> Res<([f32; 3], [f32; 3])> {
     Ok(([0.5; 3], [0.5; 3]))
 }
 
+/// The metadata of an mmproj file.
+pub struct ClipMeta {
+    pub image_size: u32,
+    pub patch_size: u32,
+    pub hidden: u32,
+    pub ffn: u32,
+    pub blocks: u32,
+    pub heads: u32,
+    pub eps: f32,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    /// The language model's width.
+    pub out_dim: u32,
+    /// The features come after this many blocks.
+    pub feature_layer: i32,
+    /// Flattened (height, width) pairs; empty for LLaVA-OneVision's default set.
+    pub pinpoints: Vec<i32>,
+    pub aspect_ratio: String,
+}
+
+/// Writes the keys llama.cpp's clip.cpp reads and ours (see models.md).
+pub fn write_clip_metadata(v: &mut GgufWriter, m: &ClipMeta) {
+    v.set_str(general::ARCHITECTURE, clip::ARCH);
+    v.set_str(general::NAME, "LLaVA-OneVision vision model (SigLIP and projector)");
+    v.set_bool(clip::HAS_VISION_ENCODER, true);
+    v.set_bool(clip::HAS_LLAVA_PROJECTOR, true);
+    v.set_str(clip::PROJECTOR_TYPE, "mlp");
+    // clip.cpp picks GELU over GELU_QUICK with this; the exact activations are our keys below.
+    v.set_bool(clip::USE_GELU, true);
+    v.set_u32(clip::IMAGE_SIZE, m.image_size);
+    v.set_u32(clip::PATCH_SIZE, m.patch_size);
+    v.set_u32(clip::EMBEDDING_LENGTH, m.hidden);
+    v.set_u32(clip::FEED_FORWARD_LENGTH, m.ffn);
+    v.set_u32(clip::BLOCK_COUNT, m.blocks);
+    v.set_u32(clip::HEAD_COUNT, m.heads);
+    v.set_f32(clip::LAYER_NORM_EPS, m.eps);
+    v.set_array(clip::IMAGE_MEAN, Array::F32(m.mean.to_vec()));
+    v.set_array(clip::IMAGE_STD, Array::F32(m.std.to_vec()));
+    v.set_u32(clip::PROJECTION_DIM, m.out_dim);
+    v.set_array(clip::FEATURE_LAYER, Array::I32(vec![m.feature_layer]));
+    if !m.pinpoints.is_empty() {
+        v.set_array(clip::GRID_PINPOINTS, Array::I32(m.pinpoints.clone()));
+    }
+    v.set_str(clip::MERGE_TYPE, "spatial_unpad");
+    v.set_str(clip::ASPECT_RATIO, &m.aspect_ratio);
+    v.set_str(clip::VISION_ACT, "gelu_tanh");
+    v.set_str(clip::PROJECTOR_ACT, "gelu_erf");
+    v.set_str(clip::VIDEO_POOL_MODE, "bilinear");
+    v.set_u32(clip::VIDEO_POOL_STRIDE, 2);
+    v.set_str(clip::VIDEO_NEWLINE, "one_token");
+}
+
+/// The storage type of a vision tensor: matrices take `outtype` only where their rows allow it
+/// exactly (no fallback quantization), else F16; the patch embedding stays F16, or F32 in F32 files.
+pub fn vision_storage_type(name: &str, ne: &[u64], outtype: GgmlType) -> GgmlType {
+    let mut ty = storage_type(name, ne, outtype);
+    if ty != outtype && ty != GgmlType::F32 && ty != GgmlType::F16 {
+        ty = GgmlType::F16;
+    }
+    if name == clip::PATCH_EMBD && outtype == GgmlType::F32 {
+        ty = GgmlType::F32;
+    }
+    ty
+}
+
 /// Converts a checkpoint; `progress(done, total, tensor)` follows the tensors.
 pub fn convert(opts: &ConvertOptions, progress: &mut dyn FnMut(usize, usize, &str)) -> Res<ConvertReport> {
     if !crate::quantize::TARGETS.contains(&opts.outtype) {
@@ -368,14 +433,7 @@ pub fn convert(opts: &ConvertOptions, progress: &mut dyn FnMut(usize, usize, &st
                 llm_plan.push((name.clone(), g, ne, ty));
             }
             Some(Target::Vision(g)) => {
-                let mut ty = storage_type(&g, &ne, opts.outtype);
-                // Vision matrices are quantized only where the row allows the type itself.
-                if ty != opts.outtype && ty != GgmlType::F32 && ty != GgmlType::F16 {
-                    ty = GgmlType::F16;
-                }
-                if g == clip::PATCH_EMBD && opts.outtype == GgmlType::F32 {
-                    ty = GgmlType::F32;
-                }
+                let ty = vision_storage_type(&g, &ne, opts.outtype);
                 vis_plan.push((name.clone(), g, ne, ty));
             }
             Some(Target::Skip) => {}
@@ -426,39 +484,29 @@ pub fn convert(opts: &ConvertOptions, progress: &mut dyn FnMut(usize, usize, &st
         return Err(format!("{}: vision_feature_layer selects layer {feature} of {blocks}", config_path.display()));
     }
     let d = vis_plan.iter().find(|p| p.1 == "mm.2.weight").map(|p| p.2[1]).ok_or("the checkpoint has no multi_modal_projector.linear_2")?;
-    v.set_str(general::ARCHITECTURE, clip::ARCH);
-    v.set_str(general::NAME, "LLaVA-OneVision vision model (SigLIP and projector)");
-    v.set_bool(clip::HAS_VISION_ENCODER, true);
-    v.set_bool(clip::HAS_LLAVA_PROJECTOR, true);
-    v.set_str(clip::PROJECTOR_TYPE, "mlp");
-    // clip.cpp picks GELU over GELU_QUICK with this; the exact activations are our keys below.
-    v.set_bool(clip::USE_GELU, true);
-    v.set_u32(clip::IMAGE_SIZE, image_size as u32);
-    v.set_u32(clip::PATCH_SIZE, vision.uint("patch_size")? as u32);
-    v.set_u32(clip::EMBEDDING_LENGTH, vh as u32);
-    v.set_u32(clip::FEED_FORWARD_LENGTH, vision.uint("intermediate_size")? as u32);
-    v.set_u32(clip::BLOCK_COUNT, blocks as u32);
-    v.set_u32(clip::HEAD_COUNT, vision.uint("num_attention_heads")? as u32);
-    v.set_f32(clip::LAYER_NORM_EPS, vision.float_or("layer_norm_eps", 1e-6)? as f32);
-    v.set_array(clip::IMAGE_MEAN, Array::F32(mean.to_vec()));
-    v.set_array(clip::IMAGE_STD, Array::F32(std.to_vec()));
-    v.set_u32(clip::PROJECTION_DIM, d as u32);
-    v.set_array(clip::FEATURE_LAYER, Array::I32(vec![feature as i32]));
-    let pins: Vec<i32> = top
+    let pinpoints: Vec<i32> = top
         .get("image_grid_pinpoints")
         .and_then(|p| p.as_array())
         .map(|a| a.iter().filter_map(|pair| pair.as_array()).flat_map(|pair| pair.iter().filter_map(|x| x.as_i64()).map(|x| x as i32)).collect())
         .unwrap_or_default();
-    if !pins.is_empty() {
-        v.set_array(clip::GRID_PINPOINTS, Array::I32(pins));
-    }
-    v.set_str(clip::MERGE_TYPE, "spatial_unpad");
-    v.set_str(clip::ASPECT_RATIO, top.str_or("vision_aspect_ratio", "anyres_max_9"));
-    v.set_str(clip::VISION_ACT, "gelu_tanh");
-    v.set_str(clip::PROJECTOR_ACT, "gelu_erf");
-    v.set_str(clip::VIDEO_POOL_MODE, "bilinear");
-    v.set_u32(clip::VIDEO_POOL_STRIDE, 2);
-    v.set_str(clip::VIDEO_NEWLINE, "one_token");
+    write_clip_metadata(
+        &mut v,
+        &ClipMeta {
+            image_size: image_size as u32,
+            patch_size: vision.uint("patch_size")? as u32,
+            hidden: vh as u32,
+            ffn: vision.uint("intermediate_size")? as u32,
+            blocks: blocks as u32,
+            heads: vision.uint("num_attention_heads")? as u32,
+            eps: vision.float_or("layer_norm_eps", 1e-6)? as f32,
+            mean,
+            std,
+            out_dim: d as u32,
+            feature_layer: feature as i32,
+            pinpoints,
+            aspect_ratio: top.str_or("vision_aspect_ratio", "anyres_max_9").to_string(),
+        },
+    );
     for (_, g, ne, ty) in &vis_plan {
         v.add_tensor(g, *ty, ne).map_err(|e| e.to_string())?;
     }

@@ -24,8 +24,18 @@ enum Command {
         #[arg(long)]
         tensors: bool,
     },
-    /// Write a random-weight Qwen2 model (for tests and benchmarks).
+    /// Write a random-weight model for tests and benchmarks: a Qwen2 LLM, or with --mmproj a
+    /// SigLIP vision model (default: SigLIP-so400m's real dimensions, 26 blocks, projector to 896).
     Random {
+        /// Write a vision model (mmproj) instead of a language model.
+        #[arg(long)]
+        mmproj: bool,
+        /// mmproj: the language model's width the projector feeds.
+        #[arg(long, default_value_t = 896)]
+        out_dim: u32,
+        /// mmproj: transformer blocks.
+        #[arg(long, default_value_t = 26)]
+        vision_blocks: u32,
         /// Output file.
         #[arg(short, long)]
         output: PathBuf,
@@ -91,7 +101,13 @@ fn run(cli: Cli) -> Result<(), String> {
             let f = GgufFile::open(&file).map_err(|e| e.to_string())?;
             dycoke::gguf::describe(&f, &mut std::io::stdout().lock(), tensors).map_err(|e| e.to_string())
         }
-        Command::Random { output, weight_type, n_embd, n_layer, n_head, n_head_kv, n_ff, n_ctx, tied, vocab_from, n_merges, seed } => {
+        Command::Random { mmproj: true, output, weight_type, out_dim, vision_blocks, seed, .. } => {
+            let spec = gguf_tools::random::MmprojSpec { out_dim, blocks: vision_blocks, weight_type, seed, ..Default::default() };
+            gguf_tools::random::write_mmproj(&output, &spec)?;
+            eprintln!("wrote {} (SigLIP {} blocks x {}, projector to {}, {})", output.display(), spec.blocks, spec.hidden, out_dim, weight_type);
+            Ok(())
+        }
+        Command::Random { output, weight_type, n_embd, n_layer, n_head, n_head_kv, n_ff, n_ctx, tied, vocab_from, n_merges, seed, .. } => {
             let vocab = match vocab_from {
                 Some(p) => Vocab::from_gguf(&GgufFile::open(&p).map_err(|e| e.to_string())?)?,
                 None => Vocab::builtin(n_merges, &[]),

@@ -156,3 +156,97 @@ pub fn random_tokens(n: usize, n_vocab: usize, seed: u64) -> Vec<u32> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     (0..n).map(|_| rng.random_range(0..n_vocab as u32)).collect()
 }
+
+/// The shape and storage of a random vision model (mmproj).
+#[derive(Clone, Debug)]
+pub struct MmprojSpec {
+    pub image_size: u32,
+    pub patch_size: u32,
+    pub hidden: u32,
+    pub ffn: u32,
+    pub blocks: u32,
+    pub heads: u32,
+    /// The language model's width (896 for LLaVA-OneVision-0.5B).
+    pub out_dim: u32,
+    pub weight_type: GgmlType,
+    pub seed: u64,
+}
+
+impl Default for MmprojSpec {
+    /// SigLIP-so400m at 384 pixels, truncated to 26 blocks, with the 0.5B model's projector.
+    fn default() -> MmprojSpec {
+        MmprojSpec { image_size: 384, patch_size: 14, hidden: 1152, ffn: 4304, blocks: 26, heads: 16, out_dim: 896, weight_type: GgmlType::F16, seed: 42 }
+    }
+}
+
+/// Writes a random-weight mmproj with the layout `gguf-tools convert` writes.
+pub fn write_mmproj(path: &Path, spec: &MmprojSpec) -> Result<(), String> {
+    use crate::convert::{vision_storage_type, write_clip_metadata, ClipMeta};
+    let s = spec;
+    if s.hidden % s.heads != 0 || s.patch_size == 0 || s.patch_size > s.image_size {
+        return Err(format!("inconsistent vision shape: hidden {} heads {} patch {} image {}", s.hidden, s.heads, s.patch_size, s.image_size));
+    }
+    let (h, ff, d, p) = (u64::from(s.hidden), u64::from(s.ffn), u64::from(s.out_dim), u64::from(s.patch_size));
+    let grid = u64::from(s.image_size / s.patch_size);
+    let wstd = |fan_in: u64| 1.0 / (fan_in as f32).sqrt();
+    let mut plan: Vec<Planned> = Vec::new();
+    let mut add = |name: String, shape: Vec<u64>, mean: f32, std: f32| {
+        let ty = vision_storage_type(&name, &shape, s.weight_type);
+        plan.push(Planned { name, shape, ty, mean, std });
+    };
+    add("v.patch_embd.weight".into(), vec![p, p, 3, h], 0.0, wstd(3 * p * p));
+    add("v.patch_embd.bias".into(), vec![h], 0.0, 0.02);
+    add("v.position_embd.weight".into(), vec![h, grid * grid], 0.0, 0.1);
+    for i in 0..s.blocks {
+        let b = |part: &str| format!("v.blk.{i}.{part}");
+        add(b("ln1.weight"), vec![h], 1.0, 0.1);
+        add(b("ln1.bias"), vec![h], 0.0, 0.02);
+        for m in ["attn_q", "attn_k", "attn_v", "attn_out"] {
+            add(b(&format!("{m}.weight")), vec![h, h], 0.0, wstd(h));
+            add(b(&format!("{m}.bias")), vec![h], 0.0, 0.02);
+        }
+        add(b("ln2.weight"), vec![h], 1.0, 0.1);
+        add(b("ln2.bias"), vec![h], 0.0, 0.02);
+        add(b("ffn_up.weight"), vec![h, ff], 0.0, wstd(h));
+        add(b("ffn_up.bias"), vec![ff], 0.0, 0.02);
+        add(b("ffn_down.weight"), vec![ff, h], 0.0, wstd(ff));
+        add(b("ffn_down.bias"), vec![h], 0.0, 0.02);
+    }
+    add("mm.0.weight".into(), vec![h, d], 0.0, wstd(h));
+    add("mm.0.bias".into(), vec![d], 0.0, 0.02);
+    add("mm.2.weight".into(), vec![d, d], 0.0, wstd(d));
+    add("mm.2.bias".into(), vec![d], 0.0, 0.02);
+    add("model.image_newline".into(), vec![d], 0.0, 1.0);
+
+    let mut w = GgufWriter::new();
+    write_clip_metadata(
+        &mut w,
+        &ClipMeta {
+            image_size: s.image_size,
+            patch_size: s.patch_size,
+            hidden: s.hidden,
+            ffn: s.ffn,
+            blocks: s.blocks,
+            heads: s.heads,
+            eps: 1e-6,
+            mean: [0.5; 3],
+            std: [0.5; 3],
+            out_dim: s.out_dim,
+            feature_layer: s.blocks as i32,
+            pinpoints: Vec::new(),
+            aspect_ratio: "anyres_max_9".into(),
+        },
+    );
+    w.set_str(general::NAME, &format!("random SigLIP {}x{} {}", s.blocks, s.hidden, s.weight_type));
+    for t in &plan {
+        w.add_tensor(&t.name, t.ty, &t.shape).map_err(|e| e.to_string())?;
+    }
+    let mut out = w.create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    for t in &plan {
+        let n: u64 = t.shape.iter().product();
+        let values = normal_values(s.seed, &t.name, n as usize, t.mean, t.std);
+        out.write_tensor(&t.name, &encode_f32(&values, t.shape[0] as usize, t.ty)).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    out.finish().map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(())
+}

@@ -23,7 +23,7 @@ pub struct MediaArgs {
     #[arg(long, value_name = "N", conflicts_with = "fps")]
     pub frames: Option<usize>,
     /// Sample frames at this rate (per second of video) instead.
-    #[arg(long, value_name = "R")]
+    #[arg(long, value_name = "R", allow_negative_numbers = true)]
     pub fps: Option<f64>,
     /// Never more frames than this per video.
     #[arg(long, value_name = "N", default_value_t = sampling::DEFAULT_MAX_FRAMES)]

@@ -403,7 +403,7 @@ impl Context {
 
     // ---- operations -------------------------------------------------------------------------
 
-    fn op(&mut self, srcs: &[&Tensor], f: impl FnOnce(*mut sys::ggml_context) -> *mut sys::ggml_tensor) -> Tensor {
+    pub(super) fn op(&mut self, srcs: &[&Tensor], f: impl FnOnce(*mut sys::ggml_context) -> *mut sys::ggml_tensor) -> Tensor {
         for s in srcs {
             self.adopt(s);
         }

@@ -342,3 +342,69 @@ pub fn gguf_dump(path: &Path) -> Option<GgufDump> {
         Some(dump)
     }
 }
+
+/// llama.cpp's vision encoder (clip.cpp through libmtmd), for comparing encode speed on an
+/// equivalent file. Built only with the `llama-mtmd` feature (a development comparison).
+#[cfg(feature = "llama-mtmd")]
+pub struct RefClip<'m> {
+    ctx: NonNull<sys::mtmd_context>,
+    _model: &'m RefModel,
+}
+
+#[cfg(feature = "llama-mtmd")]
+impl Drop for RefClip<'_> {
+    fn drop(&mut self) {
+        // SAFETY: created by mtmd_init_from_file, freed once.
+        unsafe { sys::mtmd_free(self.ctx.as_ptr()) }
+    }
+}
+
+#[cfg(feature = "llama-mtmd")]
+impl<'m> RefClip<'m> {
+    /// Loads an mmproj with llama.cpp's CLIP for the text model `model`. None when it refuses.
+    pub fn load(mmproj: &Path, model: &'m RefModel, n_threads: i32) -> Option<RefClip<'m>> {
+        backend_init();
+        let c = CString::new(mmproj.to_str()?).ok()?;
+        // SAFETY: default params adjusted; the model outlives the context ('m).
+        unsafe {
+            let mut p = sys::mtmd_context_params_default();
+            p.use_gpu = false;
+            p.n_threads = n_threads;
+            p.print_timings = false;
+            p.warmup = false;
+            let ctx = sys::mtmd_init_from_file(c.as_ptr(), model.ptr.as_ptr(), p);
+            NonNull::new(ctx).map(|ctx| RefClip { ctx, _model: model })
+        }
+    }
+
+    /// Encodes one RGB image (HWC, 8-bit); returns the seconds the encoder took and the image's tokens.
+    pub fn encode_seconds(&mut self, rgb: &[u8], width: u32, height: u32) -> Option<(f64, usize)> {
+        assert_eq!(rgb.len(), width as usize * height as usize * 3);
+        // SAFETY: the bitmap copies the pixels; chunks and bitmap are freed before return; the
+        // marker text is NUL-terminated and outlives the call.
+        unsafe {
+            let bitmap = sys::mtmd_bitmap_init(width, height, rgb.as_ptr());
+            let chunks = sys::mtmd_input_chunks_init();
+            let marker = std::ffi::CStr::from_ptr(sys::mtmd_default_marker()).to_owned();
+            let text = CString::new(format!("{}\n", marker.to_string_lossy())).ok()?;
+            let input = sys::mtmd_input_text { text: text.as_ptr(), add_special: false, parse_special: true };
+            let bitmaps = [bitmap as *const sys::mtmd_bitmap];
+            let rc = sys::mtmd_tokenize(self.ctx.as_ptr(), chunks, &input, bitmaps.as_ptr(), 1);
+            let mut result = None;
+            if rc == 0 {
+                for i in 0..sys::mtmd_input_chunks_size(chunks) {
+                    let chunk = sys::mtmd_input_chunks_get(chunks, i);
+                    if sys::mtmd_input_chunk_get_type(chunk) == sys::MTMD_INPUT_CHUNK_TYPE_IMAGE {
+                        let t = std::time::Instant::now();
+                        if sys::mtmd_encode_chunk(self.ctx.as_ptr(), chunk) == 0 {
+                            result = Some((t.elapsed().as_secs_f64(), sys::mtmd_input_chunk_get_n_tokens(chunk)));
+                        }
+                    }
+                }
+            }
+            sys::mtmd_input_chunks_free(chunks);
+            sys::mtmd_bitmap_free(bitmap);
+            result
+        }
+    }
+}

@@ -145,19 +145,31 @@ pub fn load_image(path: &Path) -> Result<Frame> {
     if bytes.is_empty() {
         return Err(Error::media(path, "the file is empty"));
     }
-    let reader = image::ImageReader::new(std::io::Cursor::new(&bytes))
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(&bytes))
         .with_guessed_format()
         .map_err(|e| Error::media(path, format!("cannot read it ({e})")))?;
+    // The decoders check these before allocating (a header can claim any size).
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(MAX_PIXELS * 4);
+    reader.limits(limits);
+    let too_large = || Error::media(path, format!("its size is larger than the limit ({MAX_SIDE} pixels per side, {MAX_PIXELS} pixels)"));
     let Some(format) = reader.format() else {
         let head: String = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
         return Err(Error::media(path, format!("it is not a PNG or JPEG image (it starts with bytes {head})")));
     };
-    let mut decoder = reader.into_decoder().map_err(|e| Error::media(path, format!("not a valid {format:?} image ({e})")))?;
+    let mut decoder = reader.into_decoder().map_err(|e| match e {
+        image::ImageError::Limits(_) => too_large(),
+        e => Error::media(path, format!("not a valid {format:?} image ({e})")),
+    })?;
     let (w, h) = decoder.dimensions();
     check_dimensions(path, w, h)?;
     let orientation = decoder.orientation().ok();
-    let mut img =
-        image::DynamicImage::from_decoder(decoder).map_err(|e| Error::media(path, format!("the {format:?} data is corrupt ({e})")))?;
+    let mut img = image::DynamicImage::from_decoder(decoder).map_err(|e| match e {
+        image::ImageError::Limits(_) => too_large(),
+        e => Error::media(path, format!("the {format:?} data is corrupt ({e})")),
+    })?;
     if let Some(o) = orientation {
         img.apply_orientation(o);
     }

@@ -15,13 +15,14 @@ pub use llama_cpp_sys_2::{
     ggml_gelu, ggml_gelu_erf, ggml_get_mem_size, ggml_get_rows, ggml_get_type_traits,
     ggml_graph_n_nodes, ggml_graph_overhead_custom, ggml_im2col, ggml_init, ggml_init_params,
     ggml_interpolate, ggml_is_contiguous, ggml_is_transposed, ggml_log_level, ggml_log_set,
-    ggml_mean, ggml_mul, ggml_mul_mat, ggml_nbytes, ggml_new_graph_custom, ggml_new_tensor,
-    ggml_norm, ggml_permute, ggml_prec_set_acc, ggml_quantize_chunk, ggml_quantize_init,
-    ggml_quantize_requires_imatrix, ggml_reshape_1d, ggml_reshape_2d, ggml_reshape_3d,
-    ggml_reshape_4d, ggml_rms_norm, ggml_rope_ext, ggml_scale, ggml_scale_bias, ggml_set_input,
-    ggml_set_name, ggml_set_output, ggml_set_rows, ggml_silu, ggml_soft_max_ext, ggml_sqr,
-    ggml_swiglu_split, ggml_tanh, ggml_tensor, ggml_tensor_overhead, ggml_transpose, ggml_type_size,
-    ggml_used_mem, ggml_view_1d, ggml_view_2d, ggml_view_3d, ggml_view_4d,
+    ggml_map_custom1, ggml_mean, ggml_mul, ggml_mul_mat, ggml_nbytes, ggml_nelements,
+    ggml_new_graph_custom, ggml_new_tensor, ggml_norm, ggml_permute, ggml_prec_set_acc,
+    ggml_quantize_chunk, ggml_quantize_init, ggml_quantize_requires_imatrix, ggml_reshape_1d,
+    ggml_reshape_2d, ggml_reshape_3d, ggml_reshape_4d, ggml_rms_norm, ggml_rope_ext, ggml_scale,
+    ggml_scale_bias, ggml_set_input, ggml_set_name, ggml_set_output, ggml_set_rows, ggml_silu,
+    ggml_soft_max_ext, ggml_sqr, ggml_swiglu_split, ggml_tanh, ggml_tensor, ggml_tensor_overhead,
+    ggml_transpose, ggml_type_size, ggml_used_mem, ggml_view_1d, ggml_view_2d, ggml_view_3d,
+    ggml_view_4d,
 };
 
 // ggml-backend
@@ -72,4 +73,14 @@ pub use llama_cpp_sys_2::{
     llama_init_from_model, llama_log_set, llama_memory_clear, llama_memory_seq_rm, llama_model,
     llama_model_default_params, llama_model_free, llama_model_get_vocab, llama_model_load_from_file,
     llama_token_to_piece, llama_tokenize, llama_vocab, llama_vocab_is_eog, llama_vocab_n_tokens,
+};
+
+// libmtmd (llama.cpp's vision encoder, compared with in benchmarks)
+#[cfg(feature = "mtmd")]
+pub use llama_cpp_sys_2::{
+    MTMD_INPUT_CHUNK_TYPE_IMAGE, mtmd_bitmap, mtmd_bitmap_free, mtmd_bitmap_init, mtmd_context,
+    mtmd_context_params_default, mtmd_default_marker, mtmd_encode_chunk, mtmd_free,
+    mtmd_init_from_file, mtmd_input_chunk_get_n_tokens, mtmd_input_chunk_get_type,
+    mtmd_input_chunks_free, mtmd_input_chunks_get, mtmd_input_chunks_init, mtmd_input_chunks_size,
+    mtmd_input_text, mtmd_tokenize,
 };
