@@ -96,3 +96,22 @@ fn q8_0_kv_cache_stays_close_to_f16() {
     assert_ne!(a, b, "the Q8_0 cache was not used");
     assert!(common::cosine(&a, &b) > 0.99, "cosine {}", common::cosine(&a, &b));
 }
+
+#[test]
+fn run_answers_about_a_video_and_an_image_with_transformers_logits() {
+    let (llm, mmproj) = common::llava::converted(GgmlType::F32);
+    let dir = common::llava::dir();
+    for (flag, file, question, reference) in [
+        ("--video", "clip.mp4", "What happens in this video?", "video_logits"),
+        ("--image", "image.png", "Describe the image.", "image_logits"),
+    ] {
+        let dump = common::scratch_dir().join(format!("{reference}.bin"));
+        let out = dycoke(&["run", "-m", llm.to_str().unwrap(), "--mmproj", mmproj.to_str().unwrap(), flag, dir.join(file).to_str().unwrap(),
+            "--frames", "8", "-p", question, "-n", "4", "--ignore-eos", "--dump-logits", dump.to_str().unwrap(), "--timings"]);
+        let ours: Vec<f32> = std::fs::read(&dump).unwrap().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+        let (want, _) = common::llava::f32_array(reference);
+        let e = common::llava::rel_err(&ours[..want.len()], &want);
+        assert!(e < 1e-3, "{flag}: logits relative error {e:.2e}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("media:"), "timings report the media");
+    }
+}

@@ -19,7 +19,11 @@ pub struct InfoArgs {
 pub fn run(a: InfoArgs) -> dycoke::Result<()> {
     let file = GgufFile::open(&a.file)?;
     let mut out = std::io::stdout().lock();
-    dycoke::gguf::describe(&file, &mut out, a.tensors).map_err(|e| Error::io(&a.file, e))?;
+    match dycoke::gguf::describe(&file, &mut out, a.tensors) {
+        // The reader stopped reading (`| head`): nothing is wrong with the file.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+        r => r.map_err(|e| Error::io(&a.file, e))?,
+    }
     if file.get_str(dycoke::gguf::names::general::ARCHITECTURE)? == Some(dycoke::llm::qwen2::ARCH) {
         let p = Qwen2Params::from_gguf(&file)?;
         println!(

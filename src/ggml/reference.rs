@@ -387,7 +387,7 @@ impl<'m> RefClip<'m> {
             let chunks = sys::mtmd_input_chunks_init();
             let marker = std::ffi::CStr::from_ptr(sys::mtmd_default_marker()).to_owned();
             let text = CString::new(format!("{}\n", marker.to_string_lossy())).ok()?;
-            let input = sys::mtmd_input_text { text: text.as_ptr(), add_special: false, parse_special: true };
+            let input = sys::mtmd_input_text { text: text.as_ptr(), text_len: text.as_bytes().len(), add_special: false, parse_special: true };
             let bitmaps = [bitmap as *const sys::mtmd_bitmap];
             let rc = sys::mtmd_tokenize(self.ctx.as_ptr(), chunks, &input, bitmaps.as_ptr(), 1);
             let mut result = None;

@@ -270,7 +270,9 @@ mod tests {
     fn normalize_matches_the_hf_formula() {
         let f = Frame { width: 2, height: 1, rgb: vec![0, 127, 255, 128, 64, 1] };
         let v = normalize(&f, [0.5; 3], [0.5; 3]);
-        assert_eq!(v, [-1.0, 128.0 / 127.5 - 1.0, 127.0 / 127.5 - 1.0, 64.0 / 127.5 - 1.0, 1.0, 1.0 / 127.5 - 1.0]);
+        // transformers' fused (x - 0.5*255) / (0.5*255), in f32; channel-major (CHW).
+        let hf = |x: f32| (x - 127.5) / 127.5;
+        assert_eq!(v, [hf(0.0), hf(128.0), hf(127.0), hf(64.0), hf(255.0), hf(1.0)]);
     }
 
     #[test]
