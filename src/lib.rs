@@ -22,6 +22,7 @@
 //! ```
 
 pub mod bench;
+pub mod compress;
 pub mod error;
 pub mod ggml;
 pub mod gguf;

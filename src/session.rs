@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
+use crate::compress::dynamic_prune::DynamicPruning;
+use crate::compress::{ttm, Compression, DpCounters, DyCokeStats};
 use crate::error::{Error, Result};
 use crate::llm::kv_cache::KvType;
 use crate::llm::{LlmContext, LlmOptions, Segment};
@@ -32,11 +34,20 @@ pub struct SessionOptions {
     pub kv_type: KvType,
     /// Images (video frames, crops) per vision graph.
     pub vision_batch: usize,
+    /// DyCoke compression of videos (images and text are never compressed).
+    pub compression: Compression,
 }
 
 impl Default for SessionOptions {
     fn default() -> SessionOptions {
-        SessionOptions { n_ctx: 0, n_batch: 512, n_threads: default_threads(), kv_type: KvType::F16, vision_batch: 8 }
+        SessionOptions {
+            n_ctx: 0,
+            n_batch: 512,
+            n_threads: default_threads(),
+            kv_type: KvType::F16,
+            vision_batch: 8,
+            compression: Compression::dycoke(),
+        }
     }
 }
 
@@ -121,6 +132,8 @@ pub struct Generation {
     pub text: String,
     pub stop: StopReason,
     pub decode_time: Duration,
+    /// What dynamic pruning did during this answer (None when it did not run).
+    pub pruning: Option<DpCounters>,
 }
 
 /// The result of `set_prompt`.
@@ -140,9 +153,13 @@ pub struct PromptStats {
 pub struct Media {
     pub kind: MediaKind,
     pub source: PathBuf,
-    /// [rows][n_embd]: for a video, every frame's pooled tokens then one newline; for an image, the
-    /// anyres tokens with their newlines.
+    /// [rows][n_embd]: for a video, every frame's pooled tokens (those TTM kept, when it ran) then
+    /// one newline; for an image, the anyres tokens with their newlines.
     pub rows: Vec<f32>,
+    /// For a video: frames x tokens per frame, the visual tokens before TTM.
+    pub tokens_before_ttm: usize,
+    /// For a video compressed by TTM: what each frame kept.
+    pub ttm_kept: Option<Vec<ttm::Kept>>,
     /// Frames (videos) or crops (images) encoded.
     pub frames: usize,
     /// Tokens of one video frame (0 for images).
@@ -160,6 +177,30 @@ pub struct Media {
 impl Media {
     pub fn n_rows(&self, n_embd: usize) -> usize {
         self.rows.len() / n_embd
+    }
+
+    /// Frame tokens the language model receives (a video's trailing newline not counted).
+    pub fn visual_tokens(&self, n_embd: usize) -> usize {
+        match self.kind {
+            MediaKind::Video => self.n_rows(n_embd).saturating_sub(1),
+            MediaKind::Image => self.n_rows(n_embd),
+        }
+    }
+
+    /// Applies TTM with prune ratio `k` to an uncompressed video (images are returned unchanged).
+    pub fn with_ttm(&self, k: f64, n_embd: usize) -> Result<Media> {
+        if self.kind != MediaKind::Video || self.ttm_kept.is_some() {
+            return Ok(self.clone());
+        }
+        let n = self.tokens_per_frame;
+        let frame_rows = self.frames * n * n_embd;
+        if n == 0 || self.rows.len() != frame_rows + n_embd {
+            return Err(Error::Vision(format!("{}: its embeddings are not {} frames of {n} tokens and a newline", self.source.display(), self.frames)));
+        }
+        let out = ttm::apply(&self.rows[..frame_rows], self.frames, n, n_embd, k)?;
+        let mut rows = out.rows;
+        rows.extend_from_slice(&self.rows[frame_rows..]);
+        Ok(Media { key: rows_key(&rows), rows, ttm_kept: Some(out.kept), ..self.clone() })
     }
 }
 
@@ -186,6 +227,9 @@ pub struct Session {
     options: SessionOptions,
     slots: Vec<Slot>,
     cancel: CancelToken,
+    /// Cache positions of the prompt's video frame tokens (newlines excluded), for pruning.
+    visual_spans: Vec<std::ops::Range<usize>>,
+    stats: DyCokeStats,
 }
 
 impl Session {
@@ -198,8 +242,18 @@ impl Session {
             kv_type: opts.kv_type,
             device: model.device(),
         };
+        opts.compression.validate(model.llm().params().n_layer)?;
         let llm = LlmContext::new(model.llm().clone(), &llm_opts)?;
-        Ok(Session { model, llm, vision: None, options: opts.clone(), slots: Vec::new(), cancel: CancelToken::new() })
+        Ok(Session {
+            model,
+            llm,
+            vision: None,
+            options: opts.clone(),
+            slots: Vec::new(),
+            cancel: CancelToken::new(),
+            visual_spans: Vec::new(),
+            stats: DyCokeStats::default(),
+        })
     }
 
     fn vision_context(&mut self) -> Result<&mut VisionContext> {
@@ -210,8 +264,40 @@ impl Session {
         Ok(self.vision.as_mut().expect("created above"))
     }
 
-    /// Decodes and encodes a video (a file or a folder of frames) into embedding rows.
+    /// The session's compression settings.
+    pub fn compression(&self) -> &Compression {
+        &self.options.compression
+    }
+
+    /// Changes the compression settings (checked against the model); they apply to videos
+    /// encoded and answers generated from now on.
+    pub fn set_compression(&mut self, compression: Compression) -> Result<()> {
+        compression.validate(self.model.llm().params().n_layer)?;
+        self.options.compression = compression;
+        Ok(())
+    }
+
+    /// What DyCoke did since the session started or `reset_stats`.
+    pub fn stats(&self) -> &DyCokeStats {
+        &self.stats
+    }
+
+    pub fn reset_stats(&mut self) {
+        self.stats = DyCokeStats::default();
+    }
+
+    /// Decodes and encodes a video (a file or a folder of frames) into embedding rows, compressed by
+    /// TTM when the session's settings ask for it.
     pub fn encode_video(&mut self, path: &Path, sampling: &Sampling, progress: &mut dyn FnMut(MediaPhase, usize, usize)) -> Result<Media> {
+        let media = self.encode_video_uncompressed(path, sampling, progress)?;
+        match self.options.compression.ttm {
+            Some(t) => media.with_ttm(t.k, self.model.llm().params().n_embd),
+            None => Ok(media),
+        }
+    }
+
+    /// As `encode_video`, without TTM (every frame token).
+    pub fn encode_video_uncompressed(&mut self, path: &Path, sampling: &Sampling, progress: &mut dyn FnMut(MediaPhase, usize, usize)) -> Result<Media> {
         self.vision_context()?;
         let start = Instant::now();
         let video = media::load_video(path, sampling, self.options.n_threads, &mut |d, t| progress(MediaPhase::Decoding, d, t))?;
@@ -226,6 +312,8 @@ impl Session {
             source: path.to_path_buf(),
             key: rows_key(&rows),
             rows,
+            tokens_before_ttm: video.frames.len() * tokens_per_frame,
+            ttm_kept: None,
             frames: video.frames.len(),
             tokens_per_frame,
             frame_indices: video.indices,
@@ -250,6 +338,8 @@ impl Session {
             source: path.to_path_buf(),
             key: rows_key(&rows),
             rows,
+            tokens_before_ttm: 0,
+            ttm_kept: None,
             frames: crops,
             tokens_per_frame: 0,
             frame_indices: Vec::new(),
@@ -263,19 +353,37 @@ impl Session {
     pub fn set_prompt_with_media(&mut self, pieces: &[Piece], media: &[&Media], progress: &mut dyn FnMut(usize, usize)) -> Result<PromptStats> {
         let n_embd = self.model.llm().params().n_embd;
         let mut parts = Vec::with_capacity(pieces.len());
+        let mut spans = Vec::new();
+        let (mut before, mut after) = (0, 0);
+        let mut pos = 0;
         for p in pieces {
             parts.push(match p {
-                Piece::Tokens(t) => PromptPart::Tokens(t),
+                Piece::Tokens(t) => {
+                    pos += t.len();
+                    PromptPart::Tokens(t)
+                }
                 Piece::Media(i) => {
                     let m = media.get(*i).ok_or_else(|| Error::Prompt(format!("media #{i} was not given")))?;
                     if m.rows.len() % n_embd != 0 {
                         return Err(Error::Vision(format!("{}: its embeddings are not {n_embd} wide", m.source.display())));
                     }
+                    if m.kind == MediaKind::Video {
+                        // The frame tokens; the trailing newline is not pruned (as the reference).
+                        spans.push(pos..pos + m.visual_tokens(n_embd));
+                        before += m.tokens_before_ttm;
+                        after += m.visual_tokens(n_embd);
+                    }
+                    pos += m.n_rows(n_embd);
                     PromptPart::Embeddings { data: &m.rows, key: m.key }
                 }
             });
         }
-        self.set_prompt(&parts, progress)
+        let stats = self.set_prompt(&parts, progress)?;
+        spans.retain(|s| !s.is_empty());
+        self.visual_spans = spans;
+        self.stats.visual_tokens_before_ttm = before;
+        self.stats.visual_tokens_after_ttm = after;
+        Ok(stats)
     }
 
     pub fn model(&self) -> &Arc<Model> {
@@ -303,6 +411,17 @@ impl Session {
     pub fn reset(&mut self) {
         self.llm.truncate(0);
         self.slots.clear();
+        self.visual_spans.clear();
+    }
+
+    /// Dynamic pruning for the next answer, when the settings ask for it and the prompt has video.
+    fn pruning(&self) -> Option<Arc<DynamicPruning>> {
+        let dp = self.options.compression.dp?;
+        let layer = self.options.compression.dp_layer(self.model.llm().params().n_layer)?;
+        if self.visual_spans.is_empty() {
+            return None;
+        }
+        Some(Arc::new(DynamicPruning::new(layer, self.visual_spans.clone(), dp.ratio, dp.threshold)))
     }
 
     /// The logits after the last evaluated position.
@@ -319,6 +438,8 @@ impl Session {
     /// computes the logits of the last position. `progress(done, total)` follows the evaluation.
     pub fn set_prompt(&mut self, parts: &[PromptPart], progress: &mut dyn FnMut(usize, usize)) -> Result<PromptStats> {
         let start = Instant::now();
+        // Only `set_prompt_with_media` knows where videos are.
+        self.visual_spans.clear();
         let n_embd = self.model.llm().params().n_embd;
         let mut want: Vec<Slot> = Vec::new();
         for p in parts {
@@ -390,9 +511,25 @@ impl Session {
                 sampler.accept(*t);
             }
         }
-        let tokenizer = self.model.tokenizer();
+        let mut out = Generation { tokens: Vec::new(), text: String::new(), stop: StopReason::MaxTokens, decode_time: Duration::ZERO, pruning: None };
+        // Pruning state lives for this answer only: attention history does not cross requests.
+        let pruning = self.pruning();
+        self.llm.set_decode_attention(pruning.clone().map(|p| p as Arc<dyn crate::llm::DecodeAttention>));
+        let result = self.decode_loop(params, &mut sampler, &mut out, on_text);
+        self.llm.set_decode_attention(None);
+        if let Some(p) = pruning {
+            let counters = p.counters();
+            self.stats.dp.add(&counters);
+            out.pruning = Some(counters);
+        }
+        result?;
+        Ok(out)
+    }
+
+    fn decode_loop(&mut self, params: &GenerateParams, sampler: &mut Sampler, out: &mut Generation, on_text: &mut dyn FnMut(&str) -> bool) -> Result<()> {
+        let model = self.model.clone();
+        let tokenizer = model.tokenizer();
         let mut decoder = StreamDecoder::new();
-        let mut out = Generation { tokens: Vec::new(), text: String::new(), stop: StopReason::MaxTokens, decode_time: Duration::ZERO };
         let start = Instant::now();
         let mut emit = |text: String, out: &mut Generation| -> bool {
             if text.is_empty() {
@@ -417,7 +554,7 @@ impl Session {
             }
             sampler.accept(token);
             out.tokens.push(token);
-            if !emit(decoder.push(&tokenizer.token_bytes(token, false)), &mut out) {
+            if !emit(decoder.push(&tokenizer.token_bytes(token, false)), out) {
                 out.stop = StopReason::Cancelled;
                 break;
             }
@@ -433,8 +570,8 @@ impl Session {
             self.slots.push(Slot::Token(token));
         }
         let tail = decoder.finish();
-        emit(tail, &mut out);
+        emit(tail, out);
         out.decode_time = start.elapsed();
-        Ok(out)
+        Ok(())
     }
 }

@@ -461,3 +461,27 @@ fn invalid_sampling() {
     fails_with(&ask_about("--video", &video, &["--fps", "-2"]), &["fps"]);
     fails_with(&ask_about("--video", &video, &["--max-frames", "0"]), &["max-frames"]);
 }
+
+#[test]
+fn invalid_compression_settings() {
+    let video = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llava-tiny/clip.mp4");
+    for k in ["1", "1.5", "-0.2", "NaN", "inf"] {
+        fails_with(&ask_about("--video", &video, &["--ttm-k", k]), &["--ttm-k", "[0, 1)"]);
+    }
+    for p in ["1", "-0.01", "7"] {
+        fails_with(&ask_about("--video", &video, &["--dp-ratio", p]), &["--dp-ratio", "[0, 1)"]);
+    }
+    // The fixture model has 2 layers: L must leave layer 0 full and stay below 2.
+    fails_with(&ask_about("--video", &video, &["--dp-layer", "0"]), &["--dp-layer", "2 layers"]);
+    fails_with(&ask_about("--video", &video, &["--dp-layer", "2"]), &["--dp-layer", "1..=1"]);
+    fails_with(&ask_about("--video", &video, &["--dp-layer", "-1"]), &["--dp-layer"]);
+    fails_with(&ask_about("--video", &video, &["--compress", "fastv"]), &["unknown compression", "dycoke or none"]);
+    fails_with(&ask_about("--video", &video, &["--compress", "none", "--dp-ratio", "0.5"]), &["--dp-ratio", "--compress none"]);
+    fails_with(&ask_about("--video", &video, &["--ttm-k", "0.5", "--no-ttm"]), &["--ttm-k", "--no-ttm"]);
+    // Compression asked for with nothing to compress.
+    let image = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llava-tiny/image.png");
+    fails_with(&ask_about("--image", &image, &["--ttm-k", "0.5"]), &["--ttm-k", "no --video"]);
+    let (llm, _) = tiny();
+    fails_with(&dycoke(&["run", "-m", &llm, "-p", "hi", "--compress", "dycoke"]), &["--compress dycoke", "no --video"]);
+    fails_with(&dycoke(&["chat", "-m", &llm, "--dp-layer", "1"]), &["--dp-layer", "no --video"]);
+}

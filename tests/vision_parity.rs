@@ -112,7 +112,9 @@ use dycoke::{Model, ModelOptions, Session, SessionOptions};
 fn session() -> Session {
     let (llm, mmproj) = converted(GgmlType::F32);
     let model = Model::load(&ModelOptions { mmproj: Some(mmproj), ..ModelOptions::new(llm) }).unwrap();
-    Session::new(model, &SessionOptions { n_threads: 2, ..SessionOptions::default() }).unwrap()
+    // The uncompressed path (DyCoke's TTM is checked against its own reference in dycoke.rs).
+    let compression = dycoke::compress::Compression::none();
+    Session::new(model, &SessionOptions { n_threads: 2, compression, ..SessionOptions::default() }).unwrap()
 }
 
 fn reference_media(kind: MediaKind, rows: Vec<f32>) -> Media {
@@ -121,6 +123,8 @@ fn reference_media(kind: MediaKind, rows: Vec<f32>) -> Media {
         source: "reference".into(),
         key: 7,
         rows,
+        tokens_before_ttm: 0,
+        ttm_kept: None,
         frames: 0,
         tokens_per_frame: 0,
         frame_indices: Vec::new(),

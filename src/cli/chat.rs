@@ -7,10 +7,11 @@ use clap::Args;
 use dycoke::prompt::{self, DEFAULT_MEDIA_SYSTEM_PROMPT};
 use dycoke::session::Media;
 use dycoke::tokenizer::ChatMessage;
-use dycoke::{Error, Model, Session, StopReason};
+use dycoke::{Error, Model, Session, SessionOptions, StopReason};
 use rustyline::error::ReadlineError;
 
 use super::common::{rate, ContextArgs, LazyBar, ModelArgs, SamplingArgs};
+use super::compress::CompressArgs;
 use super::media::MediaArgs;
 
 #[derive(Args)]
@@ -23,6 +24,8 @@ pub struct ChatArgs {
     sampling: SamplingArgs,
     #[command(flatten)]
     media: MediaArgs,
+    #[command(flatten)]
+    compress: CompressArgs,
     /// System prompt [default: "You are a helpful assistant." with media, the chat template's own without].
     #[arg(long, value_name = "TEXT")]
     system: Option<String>,
@@ -40,9 +43,10 @@ pub fn run(a: ChatArgs) -> dycoke::Result<()> {
     if !a.media.is_empty() && model_opts.mmproj.is_none() {
         return Err(Error::invalid("media", "--video and --image need a vision model: pass --mmproj FILE.gguf"));
     }
+    let compression = a.compress.compression(!a.media.videos.is_empty())?;
     a.media.sampling()?;
     let model = Model::load(&model_opts)?;
-    let mut session = Session::new(model.clone(), &a.context.options()?)?;
+    let mut session = Session::new(model.clone(), &SessionOptions { compression, ..a.context.options()? })?;
     let cancel = session.cancel_token();
     // Ctrl-C while an answer streams stops it; at the prompt the line editor handles it.
     let _ = ctrlc::set_handler(move || cancel.cancel());
@@ -90,6 +94,9 @@ pub fn run(a: ChatArgs) -> dycoke::Result<()> {
             }
             "/stats" => {
                 eprintln!("{last_stats}; {} of {} positions used", session.n_past(), session.n_ctx());
+                if !session.compression().is_none() && !a.media.videos.is_empty() {
+                    eprintln!("DyCoke: {}", session.stats().to_json());
+                }
                 continue;
             }
             l if l.starts_with('/') => {
@@ -150,6 +157,9 @@ pub fn run(a: ChatArgs) -> dycoke::Result<()> {
             rate(answer.tokens.len(), answer.decode_time.as_secs_f64())
         );
         messages.push(ChatMessage::assistant(answer.text));
+    }
+    if a.compress.stats {
+        eprintln!("{}", session.stats().to_json());
     }
     Ok(())
 }

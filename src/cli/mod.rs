@@ -3,6 +3,7 @@
 mod bench;
 mod chat;
 mod common;
+mod compress;
 mod info;
 mod media;
 mod run;

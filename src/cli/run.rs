@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use clap::Args;
 use dycoke::prompt::{self, DEFAULT_MEDIA_SYSTEM_PROMPT};
 use dycoke::tokenizer::ChatMessage;
-use dycoke::{Error, Model, Session};
+use dycoke::{Error, Model, Session, SessionOptions};
 
 use super::common::{rate, ContextArgs, LazyBar, ModelArgs, SamplingArgs};
+use super::compress::CompressArgs;
 use super::media::MediaArgs;
 
 #[derive(Args)]
@@ -21,6 +22,8 @@ pub struct RunArgs {
     sampling: SamplingArgs,
     #[command(flatten)]
     media: MediaArgs,
+    #[command(flatten)]
+    compress: CompressArgs,
     /// The prompt.
     #[arg(short = 'p', long = "prompt", value_name = "TEXT", required_unless_present = "file")]
     prompt: Option<String>,
@@ -52,6 +55,7 @@ pub fn run(a: RunArgs) -> dycoke::Result<()> {
     if !a.media.is_empty() && model_opts.mmproj.is_none() {
         return Err(Error::invalid("media", "--video and --image need a vision model: pass --mmproj FILE.gguf"));
     }
+    let compression = a.compress.compression(!a.media.videos.is_empty())?;
     a.media.sampling()?; // invalid sampling settings fail before anything loads
     if a.media.is_empty() {
         // Nothing to see: the vision model would only cost load time.
@@ -63,7 +67,7 @@ pub fn run(a: RunArgs) -> dycoke::Result<()> {
             eprintln!("dycoke: note: {reason}; using ChatML");
         }
     }
-    let mut session = Session::new(model.clone(), &a.context.options()?)?;
+    let mut session = Session::new(model.clone(), &SessionOptions { compression, ..a.context.options()? })?;
     let kinds = a.media.kinds();
     // The prompt's shape is checked before the slow media work.
     let placed = prompt::place_media(&prompt, &kinds)?;
@@ -107,18 +111,22 @@ pub fn run(a: RunArgs) -> dycoke::Result<()> {
         eprintln!("load:    {:.2} s", model.load_time().as_secs_f64());
         for m in &media {
             eprintln!(
-                "media:   {} ({} {}): decode {:.2} s, encode {:.2} s, {} tokens",
+                "media:   {} ({} {}): decode {:.2} s, encode {:.2} s, {} tokens{}",
                 m.source.display(),
                 m.frames,
                 if m.tokens_per_frame > 0 { "frames" } else { "crops" },
                 m.decode_time.as_secs_f64(),
                 m.encode_time.as_secs_f64(),
-                m.n_rows(n_embd)
+                m.n_rows(n_embd),
+                if m.ttm_kept.is_some() { format!(" ({} frame tokens before TTM)", m.tokens_before_ttm) } else { String::new() }
             );
         }
         eprintln!("prompt:  {} (reused {})", rate(stats.evaluated, stats.time.as_secs_f64()), stats.reused);
         eprintln!("decode:  {}", rate(result.tokens.len(), result.decode_time.as_secs_f64()));
         eprintln!("stop:    {:?}", result.stop);
+    }
+    if a.compress.stats {
+        eprintln!("{}", session.stats().to_json());
     }
     Ok(())
 }

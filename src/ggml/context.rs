@@ -271,6 +271,23 @@ impl Graph {
         unsafe { sys::ggml_graph_n_nodes(self.ptr.as_ptr()) as usize }
     }
 
+    /// Names and shapes of the nodes whose names start with `prefix` (to inspect what was built).
+    pub fn named_nodes(&self, prefix: &str) -> Vec<(String, [i64; 4])> {
+        let mut out = Vec::new();
+        for i in 0..self.n_nodes() {
+            // SAFETY: i < n_nodes; nodes live in the context `owner` keeps alive; ggml keeps names
+            // NUL-terminated.
+            let (name, ne) = unsafe {
+                let t = &*sys::ggml_graph_node(self.ptr.as_ptr(), i as i32);
+                (CStr::from_ptr(t.name.as_ptr()).to_string_lossy().into_owned(), t.ne)
+            };
+            if name.starts_with(prefix) {
+                out.push((name, ne));
+            }
+        }
+        out
+    }
+
     /// Adds `t` and everything it depends on to the graph.
     pub fn expand(&mut self, t: &Tensor) {
         check(Arc::ptr_eq(&t.owner(), &self.owner) || self.knows(t), || {

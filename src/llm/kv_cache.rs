@@ -162,17 +162,17 @@ impl KvCache {
         g.permute(&v, [0, 2, 1, 3])
     }
 
-    /// Selected rows (positions in `rows`, I32) of layer `il`, gathered into a compact copy:
-    /// [head_dim, n_rows, n_head_kv]. Attention over it costs only the selected rows.
+    /// Selected rows (positions in `rows`, I32, each below the cache length) of layer `il`,
+    /// gathered into a compact copy: K and V as [head_dim, n_rows, n_head_kv]. Attention over it
+    /// costs only the selected rows.
     pub fn gather(&self, g: &mut Context, layer: &StoredLayer, rows: &Tensor) -> (Tensor, Tensor) {
         (self.gather_one(g, &layer.k, rows), self.gather_one(g, &layer.v, rows))
     }
 
     fn gather_one(&self, g: &mut Context, t: &Tensor, rows: &Tensor) -> Tensor {
         let n = rows.ne()[0];
-        // get_rows converts to F32; flash attention wants F16 K/V.
-        let picked = g.get_rows(t, rows);
-        let picked = g.cast(&picked, GgmlType::F16);
+        // The rows as stored (F16 or Q8_0), so attention reads the same values as over the view.
+        let picked = g.gather_rows(t, rows);
         let r = g.reshape(&picked, &[self.shape.head_dim as i64, self.shape.n_head_kv as i64, n]);
         g.permute(&r, [0, 2, 1, 3])
     }

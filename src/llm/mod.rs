@@ -63,23 +63,39 @@ struct StepGraph {
     logits: Tensor,
     n_kv: usize,
     n_out: usize,
+    /// The decode attention's key, for graphs built with one.
+    decode_key: Option<u64>,
     id: u64,
 }
 
 /// The plain attention path: store the batch, attend over the first `n_kv` cache entries.
-struct CacheAttention<'a> {
-    cache: &'a KvCache,
-    kv_idx: &'a Tensor,
-    mask: &'a Tensor,
-    n_kv: usize,
+pub struct FullAttention<'a> {
+    pub cache: &'a KvCache,
+    /// I64 [n_tokens]: the cache positions the batch's rows go to.
+    pub kv_idx: &'a Tensor,
+    /// F16 [n_kv, n_tokens]: the causal mask over the attended entries.
+    pub mask: &'a Tensor,
+    pub n_kv: usize,
 }
 
-impl Attention for CacheAttention<'_> {
+impl Attention for FullAttention<'_> {
     fn attend(&mut self, g: &mut Context, il: usize, q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Tensor {
         let stored: StoredLayer = self.cache.store(g, il, k, v, self.kv_idx);
         let (kc, vc) = self.cache.view(g, &stored, self.n_kv);
         nn::flash_attention(g, q, &kc, &vc, Some(self.mask), scale)
     }
+}
+
+/// A different attention for single-token decode steps, chosen by a compression method (DyCoke's
+/// dynamic pruning is one). Prefill always uses [`FullAttention`].
+pub trait DecodeAttention: Send + Sync {
+    /// Called before each decode step with the positions the cache will hold (the new token
+    /// included). Returns a graph key: a step whose key (and cache length) equals the previous
+    /// step's reuses its graph.
+    fn prepare(&self, n_positions: usize) -> u64;
+
+    /// The attention of a decode graph, built on the plain path's inputs.
+    fn attention<'a>(&'a self, full: FullAttention<'a>) -> Box<dyn Attention + 'a>;
 }
 
 /// One sequence's state: the KV cache and the machinery to extend it.
@@ -95,6 +111,7 @@ pub struct LlmContext {
     logits: Vec<f32>,
     n_logits_rows: usize,
     timings: Timings,
+    decode_attention: Option<Arc<dyn DecodeAttention>>,
 }
 
 impl LlmContext {
@@ -135,6 +152,7 @@ impl LlmContext {
             logits: Vec::new(),
             n_logits_rows: 0,
             timings: Timings::default(),
+            decode_attention: None,
         };
         ctx.reserve()?;
         Ok(ctx)
@@ -143,7 +161,7 @@ impl LlmContext {
     /// Sizes the compute buffers for the largest batch at a full cache, so that no later step
     /// allocates (and so that running out of memory shows up now, not mid-answer).
     fn reserve(&mut self) -> Result<()> {
-        let worst = self.build_step(self.n_batch, self.cache.n_ctx(), 1)?;
+        let worst = self.build_step(self.n_batch, self.cache.n_ctx(), 1, None)?;
         self.sched.reserve(&worst.graph)?;
         Ok(())
     }
@@ -176,6 +194,19 @@ impl LlmContext {
     /// Bytes of compute buffers held by the scheduler.
     pub fn compute_buffer_bytes(&self) -> usize {
         (0..self.sched.backends().len()).map(|i| self.sched.buffer_size(i)).sum()
+    }
+
+    /// Sets (or, with None, removes) the attention of single-token decode steps.
+    pub fn set_decode_attention(&mut self, attention: Option<Arc<dyn DecodeAttention>>) {
+        self.decode_attention = attention;
+        // The kept decode graph was built for the previous attention.
+        self.decode_graph = None;
+    }
+
+    /// Names and shapes of the kept decode graph's nodes whose names start with `prefix` (empty
+    /// before the first decode step): shows what a decode attention built.
+    pub fn decode_graph_nodes(&self, prefix: &str) -> Vec<(String, [i64; 4])> {
+        self.decode_graph.as_ref().map(|g| g.graph.named_nodes(prefix)).unwrap_or_default()
     }
 
     /// Forgets positions from `n` on (for example to start a new conversation).
@@ -296,10 +327,12 @@ impl LlmContext {
     fn run_batch(&mut self, embd: &[f32], n: usize, n_out: usize, append_logits: bool) -> Result<()> {
         let p0 = self.n_past();
         let n_kv = self.cache.padded_len(p0 + n);
+        let decode = if n == 1 { self.decode_attention.clone() } else { None };
+        let decode_key = decode.as_ref().map(|d| d.prepare(p0 + 1));
         let cached = if n == 1 { self.decode_graph.take() } else { None };
         let step = match cached {
-            Some(g) if g.n_kv == n_kv && g.n_out == n_out => g,
-            _ => self.build_step(n, n_kv, n_out)?,
+            Some(g) if g.n_kv == n_kv && g.n_out == n_out && g.decode_key == decode_key => g,
+            _ => StepGraph { decode_key, ..self.build_step(n, n_kv, n_out, decode.as_deref())? },
         };
         if self.allocated != Some(step.id) {
             self.sched.alloc(&step.graph, &step.ctx)?;
@@ -328,7 +361,7 @@ impl LlmContext {
         Ok(())
     }
 
-    fn build_step(&mut self, n_tokens: usize, n_kv: usize, n_out: usize) -> Result<StepGraph> {
+    fn build_step(&mut self, n_tokens: usize, n_kv: usize, n_out: usize, decode: Option<&dyn DecodeAttention>) -> Result<StepGraph> {
         let p = self.model.params();
         let nodes = self.model.max_graph_nodes();
         let mut g = Context::new(nodes * 2, nodes);
@@ -338,14 +371,17 @@ impl LlmContext {
         let mask = g.input("inp_kq_mask", GgmlType::F16, &[n_kv as i64, n_tokens as i64]);
         let out_ids = if n_out < n_tokens { Some(g.input("inp_out_ids", GgmlType::I32, &[n_out as i64])) } else { None };
         let inputs = ForwardInputs { embd, pos, out_ids };
-        let mut attn = CacheAttention { cache: &self.cache, kv_idx: &kv_idx, mask: &mask, n_kv };
-        let logits = self.model.build(&mut g, &inputs, &mut attn);
+        let full = FullAttention { cache: &self.cache, kv_idx: &kv_idx, mask: &mask, n_kv };
+        let logits = match decode {
+            Some(d) => self.model.build(&mut g, &inputs, &mut *d.attention(full)),
+            None => self.model.build(&mut g, &inputs, &mut { full }),
+        };
         g.set_name(&logits, "result_output");
         g.set_output(&logits);
         let mut graph = g.new_graph(nodes);
         graph.expand(&logits);
         self.next_graph_id += 1;
-        Ok(StepGraph { ctx: g, graph, inputs, kv_idx, mask, logits, n_kv, n_out, id: self.next_graph_id })
+        Ok(StepGraph { ctx: g, graph, inputs, kv_idx, mask, logits, n_kv, n_out, decode_key: None, id: self.next_graph_id })
     }
 
     fn set_inputs(&self, step: &StepGraph, embd: &[f32], p0: usize, n: usize, n_out: usize) {
