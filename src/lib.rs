@@ -1,8 +1,28 @@
 //! dycoke: local video question answering with LLaVA-OneVision on ggml, with DyCoke token
 //! compression.
 //!
-//! Load a [`Model`] once (it is shared read-only), open a [`Session`] per conversation, set a
-//! prompt and generate:
+//! Load a [`Model`] once (it is shared read-only, `Arc`), open a [`Session`] per conversation, and
+//! talk about videos through a [`conversation::Conversation`]: media go with the next question,
+//! answers stream through a callback, progress through another, and later questions reuse the
+//! cache (the video is prefilled once). DyCoke compression is on by default for video.
+//!
+//! ```no_run
+//! use dycoke::conversation::Conversation;
+//! use dycoke::{GenerateParams, Model, ModelOptions, Session, SessionOptions};
+//!
+//! # fn main() -> dycoke::Result<()> {
+//! let model = Model::load(&ModelOptions { mmproj: Some("MMPROJ.gguf".into()), ..ModelOptions::new("LLM.gguf") })?;
+//! let mut chat = Conversation::new(Session::new(model.clone(), &SessionOptions::default())?, None);
+//! chat.add_video("clip.mp4".as_ref(), &mut |phase, done, total| eprintln!("{} {done}/{total}", phase.label()))?;
+//! let answer = chat.ask("What happens?", &GenerateParams::default(), &mut |piece| { print!("{piece}"); true }, &mut |_, _, _| {})?;
+//! println!("\n{:?}", chat.session().stats()); // DyCoke counters
+//! # let _ = answer;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Lower down, a [`Session`] takes token runs and embedding rows and reuses the longest prefix its
+//! cache holds:
 //!
 //! ```no_run
 //! use dycoke::{GenerateParams, Model, ModelOptions, PromptPart, Session, SessionOptions};
@@ -20,9 +40,15 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! The C API is in [`capi`] (header `include/dycoke.h`).
 
+pub mod batch;
 pub mod bench;
+pub mod cache;
+pub mod capi;
 pub mod compress;
+pub mod conversation;
 pub mod error;
 pub mod ggml;
 pub mod gguf;

@@ -41,8 +41,14 @@ fn sentinel(index: usize) -> String {
 /// Places media into the user turn's text: replaces placeholders with sentinels (in order per kind),
 /// or prefixes the media when the text has none. `kinds` lists the media in the order given.
 pub fn place_media(text: &str, kinds: &[MediaKind]) -> Result<String> {
-    let videos: Vec<usize> = kinds.iter().enumerate().filter(|(_, k)| **k == MediaKind::Video).map(|(i, _)| i).collect();
-    let images: Vec<usize> = kinds.iter().enumerate().filter(|(_, k)| **k == MediaKind::Image).map(|(i, _)| i).collect();
+    place_media_from(text, kinds, 0)
+}
+
+/// As `place_media` for a later turn: `kinds` lists every medium of the conversation and this
+/// turn takes those from index `first` on.
+pub fn place_media_from(text: &str, kinds: &[MediaKind], first: usize) -> Result<String> {
+    let of_kind = |kind: MediaKind| -> Vec<usize> { kinds.iter().enumerate().skip(first).filter(|(_, k)| **k == kind).map(|(i, _)| i).collect() };
+    let (videos, images) = (of_kind(MediaKind::Video), of_kind(MediaKind::Image));
     let n_video_ph = text.matches(VIDEO_PLACEHOLDER).count();
     let n_image_ph = text.matches(IMAGE_PLACEHOLDER).count();
     if text.contains(OPEN) || text.contains(CLOSE) {
@@ -138,6 +144,14 @@ mod tests {
         assert_eq!(show(&s), "A [0] then [1] and [2].");
         let s = place_media("<video><video>", &[Video, Image, Video]);
         assert!(s.is_err(), "an image without its placeholder");
+    }
+
+    #[test]
+    fn a_later_turn_takes_only_its_own_media() {
+        let s = place_media_from("And this <image>?", &[Video, Image, Image], 2).unwrap();
+        assert_eq!(show(&s), "And this [2]?");
+        assert_eq!(place_media_from("Text only.", &[Video], 1).unwrap(), "Text only.");
+        assert!(place_media_from("<video>", &[Video], 1).is_err(), "that video belongs to an earlier turn");
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
+use crate::cache::{CacheKey, CachedVideo, EmbeddingCache, Lookup};
 use crate::compress::dynamic_prune::DynamicPruning;
 use crate::compress::{ttm, Compression, DpCounters, DyCokeStats};
 use crate::error::{Error, Result};
@@ -200,8 +201,35 @@ impl Media {
         let out = ttm::apply(&self.rows[..frame_rows], self.frames, n, n_embd, k)?;
         let mut rows = out.rows;
         rows.extend_from_slice(&self.rows[frame_rows..]);
-        Ok(Media { key: rows_key(&rows), rows, ttm_kept: Some(out.kept), ..self.clone() })
+        // The rows follow from the source rows and K: derive the key instead of hashing them again.
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (self.key, k.to_bits(), "ttm").hash(&mut h);
+        Ok(Media {
+            kind: self.kind,
+            source: self.source.clone(),
+            rows,
+            tokens_before_ttm: self.tokens_before_ttm,
+            ttm_kept: Some(out.kept),
+            frames: self.frames,
+            tokens_per_frame: self.tokens_per_frame,
+            frame_indices: self.frame_indices.clone(),
+            key: h.finish(),
+            note: self.note.clone(),
+            decode_time: self.decode_time,
+            encode_time: self.encode_time,
+        })
     }
+}
+
+/// Work on media since the session started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MediaCounters {
+    /// Videos and images run through the vision model.
+    pub vision_encodes: usize,
+    /// Videos whose embeddings came from the embedding cache.
+    pub cache_hits: usize,
+    /// Cache entries found unusable (corrupt, truncated, stale) and rebuilt.
+    pub cache_rebuilds: usize,
 }
 
 /// What media work is under way, for progress display.
@@ -230,6 +258,8 @@ pub struct Session {
     /// Cache positions of the prompt's video frame tokens (newlines excluded), for pruning.
     visual_spans: Vec<std::ops::Range<usize>>,
     stats: DyCokeStats,
+    cache: Option<EmbeddingCache>,
+    media_counters: MediaCounters,
 }
 
 impl Session {
@@ -253,6 +283,8 @@ impl Session {
             cancel: CancelToken::new(),
             visual_spans: Vec::new(),
             stats: DyCokeStats::default(),
+            cache: None,
+            media_counters: MediaCounters::default(),
         })
     }
 
@@ -286,6 +318,16 @@ impl Session {
         self.stats = DyCokeStats::default();
     }
 
+    /// Keeps video embeddings in `cache` (or stops caching with `None`).
+    pub fn set_embedding_cache(&mut self, cache: Option<EmbeddingCache>) {
+        self.cache = cache;
+    }
+
+    /// Vision encodes and cache use since the session started.
+    pub fn media_counters(&self) -> MediaCounters {
+        self.media_counters
+    }
+
     /// Decodes and encodes a video (a file or a folder of frames) into embedding rows, compressed by
     /// TTM when the session's settings ask for it.
     pub fn encode_video(&mut self, path: &Path, sampling: &Sampling, progress: &mut dyn FnMut(MediaPhase, usize, usize)) -> Result<Media> {
@@ -296,9 +338,62 @@ impl Session {
         }
     }
 
-    /// As `encode_video`, without TTM (every frame token).
+    /// As `encode_video`, without TTM (every frame token). With an embedding cache, a video seen
+    /// before (same content, mmproj and sampling) is read from it instead of decoded and encoded.
     pub fn encode_video_uncompressed(&mut self, path: &Path, sampling: &Sampling, progress: &mut dyn FnMut(MediaPhase, usize, usize)) -> Result<Media> {
-        self.vision_context()?;
+        sampling.validate()?;
+        let mmproj = self.vision_context()?.model().content_hash();
+        let Some(cache) = self.cache.clone() else {
+            return self.encode_video_now(path, sampling, progress);
+        };
+        let start = Instant::now();
+        let key = CacheKey::for_video(path, &mmproj, sampling)?;
+        let n_embd = self.model.llm().params().n_embd;
+        let rebuilt = match cache.load(&key, n_embd) {
+            Lookup::Hit(v) => {
+                self.media_counters.cache_hits += 1;
+                return Ok(Media {
+                    kind: MediaKind::Video,
+                    source: path.to_path_buf(),
+                    key: rows_key(&v.rows),
+                    tokens_before_ttm: v.frames * v.tokens_per_frame,
+                    rows: v.rows,
+                    ttm_kept: None,
+                    frames: v.frames,
+                    tokens_per_frame: v.tokens_per_frame,
+                    frame_indices: v.frame_indices,
+                    note: v.note,
+                    decode_time: start.elapsed(),
+                    encode_time: Duration::ZERO,
+                });
+            }
+            Lookup::Miss => None,
+            Lookup::Invalid(why) => {
+                self.media_counters.cache_rebuilds += 1;
+                Some(why)
+            }
+        };
+        let mut media = self.encode_video_now(path, sampling, progress)?;
+        let entry = CachedVideo {
+            rows: media.rows.clone(),
+            n_embd,
+            frames: media.frames,
+            tokens_per_frame: media.tokens_per_frame,
+            frame_indices: media.frame_indices.clone(),
+            note: media.note.clone(),
+        };
+        let mut notes: Vec<String> = media.note.take().into_iter().collect();
+        if let Some(why) = rebuilt {
+            notes.push(format!("the cached embeddings were unusable ({why}); rebuilt"));
+        }
+        if let Err(e) = cache.store(&key, &entry) {
+            notes.push(format!("could not cache the embeddings: {e}"));
+        }
+        media.note = (!notes.is_empty()).then(|| notes.join("; "));
+        Ok(media)
+    }
+
+    fn encode_video_now(&mut self, path: &Path, sampling: &Sampling, progress: &mut dyn FnMut(MediaPhase, usize, usize)) -> Result<Media> {
         let start = Instant::now();
         let video = media::load_video(path, sampling, self.options.n_threads, &mut |d, t| progress(MediaPhase::Decoding, d, t))?;
         let decode_time = start.elapsed();
@@ -307,6 +402,7 @@ impl Session {
         let mut rows = ctx.encode_video(&video.frames, &mut |d, t| progress(MediaPhase::Encoding, d, t))?;
         rows.extend_from_slice(ctx.model().newline());
         let tokens_per_frame = ctx.model().params().tokens_per_frame();
+        self.media_counters.vision_encodes += 1;
         Ok(Media {
             kind: MediaKind::Video,
             source: path.to_path_buf(),
@@ -333,6 +429,7 @@ impl Session {
         let ctx = self.vision_context()?;
         let rows = ctx.encode_image(&image, &mut |d, t| progress(MediaPhase::Encoding, d, t))?;
         let crops = 1 + crate::vision::preprocess::anyres_grid(&image, &ctx.model().params().pinpoints, ctx.model().params().tower.image_size as u32);
+        self.media_counters.vision_encodes += 1;
         Ok(Media {
             kind: MediaKind::Image,
             source: path.to_path_buf(),
@@ -483,9 +580,11 @@ impl Session {
         }
         let cancel = self.cancel.clone();
         let mut cancelled = false;
+        // A cancel stops the evaluation at the end of the current chunk.
         let result = self.llm.eval_with_progress(&segments, &mut |done, total| {
             progress(done, total);
             cancelled |= cancel.is_cancelled();
+            !cancelled
         });
         // On failure the cache state is unknown past the reused prefix: forget it.
         if let Err(e) = result {
@@ -512,18 +611,50 @@ impl Session {
             }
         }
         let mut out = Generation { tokens: Vec::new(), text: String::new(), stop: StopReason::MaxTokens, decode_time: Duration::ZERO, pruning: None };
-        // Pruning state lives for this answer only: attention history does not cross requests.
-        let pruning = self.pruning();
-        self.llm.set_decode_attention(pruning.clone().map(|p| p as Arc<dyn crate::llm::DecodeAttention>));
-        let result = self.decode_loop(params, &mut sampler, &mut out, on_text);
-        self.llm.set_decode_attention(None);
-        if let Some(p) = pruning {
-            let counters = p.counters();
-            self.stats.dp.add(&counters);
-            out.pruning = Some(counters);
-        }
+        let (result, pruning) = self.with_pruning(|s| s.decode_loop(params, &mut sampler, &mut out, on_text));
+        out.pruning = pruning;
         result?;
         Ok(out)
+    }
+
+    /// Appends `tokens` one decode step at a time (pruned as `generate` is), calling
+    /// `on_logits(i, logits)` with the next-token logits after token i; returning false stops.
+    /// Teacher forcing: scoring a given continuation, or comparing settings step by step.
+    pub fn force_decode(&mut self, tokens: &[u32], on_logits: &mut dyn FnMut(usize, &[f32]) -> bool) -> Result<Option<DpCounters>> {
+        if self.slots.is_empty() {
+            return Err(Error::invalid("decoding", "set a prompt first"));
+        }
+        let needed = self.n_past() + tokens.len();
+        if needed > self.n_ctx() {
+            return Err(Error::ContextOverflow { needed, available: self.n_ctx(), trained: self.model.llm().params().n_ctx_train });
+        }
+        let (result, pruning) = self.with_pruning(|s| {
+            for (i, &t) in tokens.iter().enumerate() {
+                s.llm.eval(&[Segment::Tokens(&[t])])?;
+                s.slots.push(Slot::Token(t));
+                if !on_logits(i, s.llm.logits()) || s.cancel.is_cancelled() {
+                    break;
+                }
+            }
+            Ok(())
+        });
+        result?;
+        Ok(pruning)
+    }
+
+    /// Runs `f` with this session's dynamic pruning on the decode steps, when the settings and the
+    /// prompt call for it. Pruning state lives for one call: attention history does not cross
+    /// requests. Returns what pruning did.
+    fn with_pruning<T>(&mut self, f: impl FnOnce(&mut Session) -> Result<T>) -> (Result<T>, Option<DpCounters>) {
+        let pruning = self.pruning();
+        self.llm.set_decode_attention(pruning.clone().map(|p| p as Arc<dyn crate::llm::DecodeAttention>));
+        let result = f(self);
+        self.llm.set_decode_attention(None);
+        let counters = pruning.map(|p| p.counters());
+        if let Some(c) = &counters {
+            self.stats.dp.add(c);
+        }
+        (result, counters)
     }
 
     fn decode_loop(&mut self, params: &GenerateParams, sampler: &mut Sampler, out: &mut Generation, on_text: &mut dyn FnMut(&str) -> bool) -> Result<()> {

@@ -73,6 +73,57 @@ fn chat_answers_piped_turns_and_commands() {
 }
 
 #[test]
+fn chat_over_a_video_prefills_it_once_across_three_turns() {
+    let (llm, mmproj) = common::llava::converted(GgmlType::F32);
+    let video = common::llava::dir().join("clip.mp4");
+    let image = common::llava::dir().join("image.png");
+    let cache = tempfile::tempdir().unwrap();
+    let chat = |input: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dycoke"))
+            .args(["chat", "-m", llm.to_str().unwrap(), "--mmproj", mmproj.to_str().unwrap(), "--video", video.to_str().unwrap()])
+            .args(["--frames", "8", "-n", "4", "--ignore-eos", "-t", "2", "--cache-dir", cache.path().to_str().unwrap()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{err}");
+        err
+    };
+    let input = format!("What happens?\n/stats\nWhy?\n/stats\nWhat next?\n/stats\n/image {}\nAnd this?\n/stats\n/video /no/such.mp4\n", image.display());
+    let err = chat(&input);
+    // "prompt N tokens in ... (reused M)" after each turn.
+    let turns: Vec<(usize, usize)> = err
+        .lines()
+        .filter_map(|l| l.strip_prefix("last turn: prompt "))
+        .map(|l| {
+            let evaluated = l.split(' ').next().unwrap().parse().unwrap();
+            let reused = l.split("(reused ").nth(1).unwrap().split(')').next().unwrap().parse().unwrap();
+            (evaluated, reused)
+        })
+        .collect();
+    assert_eq!(turns.len(), 4, "{err}");
+    let video_tokens: usize = err.split("8 frames, ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert_eq!(turns[0].1, 0);
+    assert!(turns[0].0 > video_tokens, "{err}");
+    for &(evaluated, reused) in &turns[1..3] {
+        assert!(reused > video_tokens && evaluated < 30, "the video was prefilled again: {turns:?}\n{err}");
+    }
+    // The image came with the fourth question: only it and the words are new.
+    assert!(turns[3].1 > turns[2].1 && turns[3].0 > 30, "{turns:?}");
+    assert!(err.contains("/no/such.mp4"), "a bad /video is reported and the chat goes on: {err}");
+    assert!(err.contains("media: 2 vision encodes, 0 from the embedding cache"), "{err}");
+
+    // The same video again: its embeddings come from the cache.
+    let err = chat("What happens?\n/stats\n");
+    assert!(err.contains("from the embedding cache;") && err.contains("media: 0 vision encodes, 1 from the embedding cache"), "{err}");
+}
+
+#[test]
 fn info_describes_models() {
     let model = common::random_model(GgmlType::Q4K);
     let out = dycoke(&["info", model.to_str().unwrap(), "--tensors"]);

@@ -104,6 +104,28 @@ fn generation_can_be_cancelled() {
 }
 
 #[test]
+fn a_cancel_stops_prompt_evaluation_at_the_next_chunk() {
+    let model = Model::load(&ModelOptions::new(common::random_model(GgmlType::F16))).unwrap();
+    let mut s = Session::new(model, &SessionOptions { n_ctx: 1024, n_batch: 32, n_threads: 2, ..SessionOptions::default() }).unwrap();
+    let p = text_tokens(&s, 30);
+    assert!(p.len() > 200);
+    let token = s.cancel_token();
+    let mut chunks = 0;
+    let r = s.set_prompt(&[PromptPart::Tokens(&p)], &mut |_, _| {
+        chunks += 1;
+        if chunks == 2 {
+            token.cancel();
+        }
+    });
+    assert!(matches!(r, Err(Error::Cancelled)), "{r:?}");
+    assert_eq!(chunks, 2, "stopped after the chunk during which it was cancelled");
+    assert_eq!(s.n_past(), 0, "a cancelled prompt leaves nothing half-evaluated");
+    s.cancel_token().reset();
+    let stats = s.set_prompt(&[PromptPart::Tokens(&p)], &mut |_, _| {}).unwrap();
+    assert_eq!(stats.evaluated, p.len());
+}
+
+#[test]
 fn an_overlong_prompt_is_an_error_and_the_session_survives() {
     let mut s = session(GgmlType::F32, 256);
     let long = text_tokens(&s, 60);

@@ -1,18 +1,18 @@
-//! `dycoke chat`: an interactive conversation. The cache keeps the conversation, media included,
-//! so each turn only evaluates what is new.
+//! `dycoke chat`: an interactive conversation over videos and images. The cache keeps the
+//! conversation, media included, so each turn only evaluates what is new.
 
 use std::io::Write;
+use std::path::Path;
 
 use clap::Args;
-use dycoke::prompt::{self, DEFAULT_MEDIA_SYSTEM_PROMPT};
+use dycoke::conversation::{Answer, Conversation};
 use dycoke::session::Media;
-use dycoke::tokenizer::ChatMessage;
 use dycoke::{Error, Model, Session, SessionOptions, StopReason};
 use rustyline::error::ReadlineError;
 
-use super::common::{rate, ContextArgs, LazyBar, ModelArgs, SamplingArgs};
+use super::common::{rate, ContextArgs, ModelArgs, PhaseBars, SamplingArgs};
 use super::compress::CompressArgs;
-use super::media::MediaArgs;
+use super::media::{print_notes, MediaArgs};
 
 #[derive(Args)]
 pub struct ChatArgs {
@@ -26,48 +26,52 @@ pub struct ChatArgs {
     media: MediaArgs,
     #[command(flatten)]
     compress: CompressArgs,
-    /// System prompt [default: "You are a helpful assistant." with media, the chat template's own without].
+    /// System prompt [default: "You are a helpful assistant." with --mmproj, the chat template's own without].
     #[arg(long, value_name = "TEXT")]
     system: Option<String>,
 }
 
 const HELP: &str = "commands:
-  /reset   forget the conversation (the media stay for the next question)
-  /stats   tokens used and speeds of the last answer
-  /help    this list
-  Ctrl-C   stop the current answer;  Ctrl-D or /quit   leave";
+  /video PATH   add a video for the next question
+  /image PATH   add an image for the next question
+  /reset        forget the questions and answers (the media stay for the next question)
+  /stats        context use, speeds of the last answer, DyCoke and cache counters
+  /help         this list
+  Ctrl-C        stop the current answer;  Ctrl-D or /quit   leave";
 
 pub fn run(a: ChatArgs) -> dycoke::Result<()> {
     let gen = a.sampling.params()?;
     let model_opts = a.model.options()?;
-    if !a.media.is_empty() && model_opts.mmproj.is_none() {
+    let vision = model_opts.mmproj.is_some();
+    if !a.media.is_empty() && !vision {
         return Err(Error::invalid("media", "--video and --image need a vision model: pass --mmproj FILE.gguf"));
     }
-    let compression = a.compress.compression(!a.media.videos.is_empty())?;
-    a.media.sampling()?;
+    // Videos can come later with /video: a vision model makes this a video chat.
+    let compression = a.compress.compression(vision)?;
+    let sampling = a.media.sampling()?;
+    let cache = a.media.cache()?;
     let model = Model::load(&model_opts)?;
     let mut session = Session::new(model.clone(), &SessionOptions { compression, ..a.context.options()? })?;
+    session.set_embedding_cache(cache);
     let cancel = session.cancel_token();
     // Ctrl-C while an answer streams stops it; at the prompt the line editor handles it.
     let _ = ctrlc::set_handler(move || cancel.cancel());
-
-    let media: Vec<Media> = a.media.encode(&mut session)?;
-    let kinds = a.media.kinds();
-    let system = a.system.clone().or_else(|| (!media.is_empty()).then(|| DEFAULT_MEDIA_SYSTEM_PROMPT.to_string()));
-    let base: Vec<ChatMessage> = system.iter().map(|s| ChatMessage::system(s.clone())).collect();
-    let mut messages = base.clone();
-    let mut last_stats = String::from("no answer yet");
-    let mut editor = rustyline::DefaultEditor::new().map_err(|e| Error::invalid("terminal", e.to_string()))?;
-    let media_refs: Vec<&Media> = media.iter().collect();
-    let n_embd = model.llm().params().n_embd;
-    let media_tokens: usize = media.iter().map(|m| m.n_rows(n_embd)).sum();
+    let mut chat = Conversation::new(session, a.system.clone());
+    chat.set_sampling(sampling)?;
+    for v in &a.media.videos {
+        add_media(&mut chat, v, true)?;
+    }
+    for i in &a.media.images {
+        add_media(&mut chat, i, false)?;
+    }
     eprintln!(
-        "dycoke chat with {} ({} positions of context{}). /help for commands.",
+        "dycoke chat with {} ({} positions of context). /help for commands.",
         model.path().display(),
-        session.n_ctx(),
-        if media.is_empty() { String::new() } else { format!(", {} media using {media_tokens}", media.len()) }
+        chat.session().n_ctx()
     );
 
+    let mut editor = rustyline::DefaultEditor::new().map_err(|e| Error::invalid("terminal", e.to_string()))?;
+    let mut last: Option<Answer> = None;
     loop {
         let line = match editor.readline("> ") {
             Ok(l) => l,
@@ -80,86 +84,102 @@ pub fn run(a: ChatArgs) -> dycoke::Result<()> {
             continue;
         }
         let _ = editor.add_history_entry(line);
-        match line {
-            "/quit" | "/exit" => break,
-            "/help" => {
-                eprintln!("{HELP}");
-                continue;
-            }
-            "/reset" => {
-                messages = base.clone();
-                session.reset();
-                eprintln!("(conversation forgotten)");
-                continue;
-            }
-            "/stats" => {
-                eprintln!("{last_stats}; {} of {} positions used", session.n_past(), session.n_ctx());
-                if !session.compression().is_none() && !a.media.videos.is_empty() {
-                    eprintln!("DyCoke: {}", session.stats().to_json());
+        if let Some(command) = line.strip_prefix('/') {
+            let (name, arg) = command.split_once(char::is_whitespace).map_or((command, ""), |(n, a)| (n, a.trim()));
+            match name {
+                "quit" | "exit" => break,
+                "help" => eprintln!("{HELP}"),
+                "reset" => {
+                    chat.reset_turns();
+                    eprintln!("(conversation forgotten)");
                 }
-                continue;
+                "stats" => print_stats(&chat, last.as_ref()),
+                "video" | "image" if !vision => eprintln!("/{name} needs a vision model: restart with --mmproj FILE.gguf"),
+                "video" | "image" if arg.is_empty() => eprintln!("/{name} needs a path"),
+                "video" | "image" => {
+                    if let Err(e) = add_media(&mut chat, Path::new(arg), name == "video") {
+                        eprintln!("dycoke: {e}");
+                    }
+                }
+                _ => eprintln!("unknown command {line}; /help lists them"),
             }
-            l if l.starts_with('/') => {
-                eprintln!("unknown command {l}; /help lists them");
-                continue;
-            }
-            _ => {}
+            continue;
         }
-        // The media belong to the first question of a conversation.
-        let first_turn = !messages.iter().any(|m| m.role == "user");
-        let content = if first_turn {
-            match prompt::place_media(line, &kinds) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("{e}");
-                    continue;
-                }
-            }
-        } else {
-            line.to_string()
-        };
-        messages.push(ChatMessage::user(content));
-        let pieces = prompt::tokenize_with_media(model.tokenizer(), &messages, true)?;
-        session.cancel_token().reset();
-        let mut bar = LazyBar::new("prompt", 256);
-        let stats = session.set_prompt_with_media(&pieces, &media_refs, &mut |done, total| bar.update(done, total));
-        bar.finish();
-        let stats = match stats {
-            Ok(s) => s,
-            Err(Error::ContextOverflow { needed, available, .. }) => {
-                messages.pop();
-                eprintln!("the conversation needs {needed} positions but the context holds {available}: /reset to start over (or restart with a larger -c)");
-                continue;
-            }
-            Err(Error::Cancelled) => {
-                messages.pop();
-                eprintln!("(stopped)");
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
+        let mut bars = PhaseBars::default();
         let mut stdout = std::io::stdout().lock();
-        let answer = session.generate(&gen, &mut |piece| {
-            let _ = stdout.write_all(piece.as_bytes());
-            let _ = stdout.flush();
-            true
-        })?;
-        let _ = writeln!(stdout);
-        match answer.stop {
-            StopReason::Cancelled => eprintln!("(stopped)"),
-            StopReason::ContextFull => eprintln!("(the context is full: /reset to start over)"),
-            _ => {}
-        }
-        last_stats = format!(
-            "prompt {} new (reused {}), answer {}",
-            rate(stats.evaluated, stats.time.as_secs_f64()),
-            stats.reused,
-            rate(answer.tokens.len(), answer.decode_time.as_secs_f64())
+        let answer = chat.ask(
+            line,
+            &gen,
+            &mut |piece| {
+                let _ = stdout.write_all(piece.as_bytes()).and_then(|_| stdout.flush());
+                true
+            },
+            &mut |phase, done, total| bars.update(phase, done, total),
         );
-        messages.push(ChatMessage::assistant(answer.text));
+        bars.finish();
+        match answer {
+            Ok(answer) => {
+                let _ = writeln!(stdout);
+                match answer.stop {
+                    StopReason::Cancelled => eprintln!("(stopped)"),
+                    StopReason::ContextFull => eprintln!("(the context is full: /reset to start over)"),
+                    _ => {}
+                }
+                last = Some(answer);
+            }
+            Err(Error::ContextOverflow { needed, available, .. }) => {
+                eprintln!("the conversation needs {needed} positions but the context holds {available}: /reset to start over (or restart with a larger -c)")
+            }
+            Err(Error::Cancelled) => eprintln!("(stopped)"),
+            Err(e @ (Error::Prompt(_) | Error::Template(_) | Error::Tokenizer(_))) => eprintln!("dycoke: {e}"),
+            Err(e) => return Err(e),
+        }
     }
     if a.compress.stats {
-        eprintln!("{}", session.stats().to_json());
+        eprintln!("{}", chat.session().stats().to_json());
     }
     Ok(())
+}
+
+/// Encodes a video or an image for the next question, with progress bars and a summary line.
+fn add_media(chat: &mut Conversation, path: &Path, video: bool) -> dycoke::Result<()> {
+    let n_embd = chat.session().model().llm().params().n_embd;
+    let mut bars = PhaseBars::default();
+    let mut progress = |phase, done, total| bars.update(phase, done, total);
+    let media = if video { chat.add_video(path, &mut progress) } else { chat.add_image(path, &mut progress) };
+    bars.finish();
+    let media = media?;
+    print_notes(media);
+    eprintln!("{}", describe(media, n_embd));
+    Ok(())
+}
+
+fn describe(m: &Media, n_embd: usize) -> String {
+    let what = if m.tokens_per_frame > 0 {
+        let ttm = if m.ttm_kept.is_some() { format!(", {} before TTM", m.tokens_before_ttm) } else { String::new() };
+        format!("{} frames, {} visual tokens{ttm}", m.frames, m.visual_tokens(n_embd))
+    } else {
+        format!("{} crops, {} visual tokens", m.frames, m.visual_tokens(n_embd))
+    };
+    let timing = if m.encode_time.is_zero() { "from the embedding cache".to_string() } else { format!("encoded in {:.1} s", (m.decode_time + m.encode_time).as_secs_f64()) };
+    format!("(added {}: {what}, {timing}; it goes with the next question)", m.source.display())
+}
+
+fn print_stats(chat: &Conversation, last: Option<&Answer>) {
+    let s = chat.session();
+    eprintln!("context: {} of {} positions used", s.n_past(), s.n_ctx());
+    match last {
+        Some(a) => eprintln!(
+            "last turn: prompt {} new (reused {}), answer {}",
+            rate(a.prompt.evaluated, a.prompt.time.as_secs_f64()),
+            a.prompt.reused,
+            rate(a.tokens.len(), a.decode_time.as_secs_f64())
+        ),
+        None => eprintln!("last turn: no answer yet"),
+    }
+    let m = s.media_counters();
+    eprintln!("media: {} vision encodes, {} from the embedding cache, {} cache entries rebuilt", m.vision_encodes, m.cache_hits, m.cache_rebuilds);
+    if !s.compression().is_none() && chat.media().iter().any(|m| m.tokens_per_frame > 0) {
+        eprintln!("DyCoke: {}", s.stats().to_json());
+    }
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 use dycoke::llm::kv_cache::KvType;
 use dycoke::{Error, GenerateParams, ModelOptions, SamplerParams, SessionOptions};
+use dycoke::conversation::Phase;
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// The model a command runs when `-m` is not given: the file `scripts/fetch-qwen2-0.5b` fetches.
@@ -142,7 +143,7 @@ pub fn progress_bar(total: usize, what: &str, min_total: usize) -> Option<Progre
     }
     let bar = ProgressBar::new(total as u64);
     bar.set_style(
-        ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} {per_sec} eta {eta}").unwrap().progress_chars("=> "),
+        ProgressStyle::with_template("{msg:>15} [{bar:30}] {pos}/{len} {per_sec} eta {eta}").unwrap().progress_chars("=> "),
     );
     bar.set_message(what.to_string());
     Some(bar)
@@ -183,4 +184,34 @@ impl LazyBar {
 pub fn rate(n: usize, secs: f64) -> String {
     let r = if secs > 0.0 { n as f64 / secs } else { 0.0 };
     format!("{n} tokens in {secs:.2} s ({r:.1} tok/s)")
+}
+
+/// One progress bar per slow phase (decoding frames, encoding them, evaluating the prompt), each
+/// replacing the one before.
+#[derive(Default)]
+pub struct PhaseBars {
+    current: Option<(Phase, LazyBar)>,
+}
+
+impl PhaseBars {
+    pub fn update(&mut self, phase: Phase, done: usize, total: usize) {
+        if self.current.as_ref().is_none_or(|(p, _)| *p != phase) {
+            self.finish();
+            let (label, min_total) = match phase {
+                Phase::DecodingFrames => ("decoding frames", 2),
+                Phase::EncodingFrames => ("encoding frames", 2),
+                Phase::Prefill => ("prompt tokens", 256),
+            };
+            self.current = Some((phase, LazyBar::new(label, min_total)));
+        }
+        if let Some((_, b)) = &mut self.current {
+            b.update(done, total);
+        }
+    }
+
+    pub fn finish(&mut self) {
+        if let Some((_, b)) = self.current.take() {
+            b.finish();
+        }
+    }
 }

@@ -3,12 +3,13 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use dycoke::cache::EmbeddingCache;
 use dycoke::media::{sampling, FrameSelection, Sampling};
 use dycoke::prompt::MediaKind;
 use dycoke::session::{Media, MediaPhase};
 use dycoke::{Error, Session};
 
-use super::common::LazyBar;
+use super::common::PhaseBars;
 
 #[derive(Args, Clone, Default)]
 pub struct MediaArgs {
@@ -19,6 +20,13 @@ pub struct MediaArgs {
     /// A PNG or JPEG image; repeatable. It goes where the prompt says <image>, or before the text.
     #[arg(long = "image", value_name = "PATH")]
     pub images: Vec<PathBuf>,
+    #[command(flatten)]
+    pub frames: FrameArgs,
+}
+
+/// How videos are sampled, and where their embeddings are cached.
+#[derive(Args, Clone, Default)]
+pub struct FrameArgs {
     /// Frames sampled uniformly from each video (lmms-eval's indices) [default: 32].
     #[arg(long, value_name = "N", conflicts_with = "fps")]
     pub frames: Option<usize>,
@@ -28,11 +36,16 @@ pub struct MediaArgs {
     /// Never more frames than this per video.
     #[arg(long, value_name = "N", default_value_t = sampling::DEFAULT_MAX_FRAMES)]
     pub max_frames: usize,
+    /// Keep videos' vision embeddings in DIR, keyed by the video's content, the mmproj and the
+    /// sampling, so asking again about the same video skips decoding and encoding it.
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
 }
 
-impl MediaArgs {
-    pub fn is_empty(&self) -> bool {
-        self.videos.is_empty() && self.images.is_empty()
+impl FrameArgs {
+    /// The embedding cache, when `--cache-dir` asks for one.
+    pub fn cache(&self) -> Result<Option<EmbeddingCache>, Error> {
+        self.cache_dir.as_ref().map(EmbeddingCache::open).transpose()
     }
 
     pub fn sampling(&self) -> Result<Sampling, Error> {
@@ -45,6 +58,21 @@ impl MediaArgs {
         Ok(s)
     }
 
+}
+
+impl MediaArgs {
+    pub fn is_empty(&self) -> bool {
+        self.videos.is_empty() && self.images.is_empty()
+    }
+
+    pub fn sampling(&self) -> Result<Sampling, Error> {
+        self.frames.sampling()
+    }
+
+    pub fn cache(&self) -> Result<Option<EmbeddingCache>, Error> {
+        self.frames.cache()
+    }
+
     /// The media in placement order: videos, then images.
     pub fn kinds(&self) -> Vec<MediaKind> {
         self.videos.iter().map(|_| MediaKind::Video).chain(self.images.iter().map(|_| MediaKind::Image)).collect()
@@ -53,6 +81,7 @@ impl MediaArgs {
     /// Decodes and encodes every medium, with progress bars and sampling notes on stderr.
     pub fn encode(&self, session: &mut Session) -> Result<Vec<Media>, Error> {
         let sampling = self.sampling()?;
+        session.set_embedding_cache(self.cache()?);
         let mut out = Vec::new();
         for path in &self.videos {
             out.push(encode_one(session, path, Some(&sampling))?);
@@ -66,33 +95,21 @@ impl MediaArgs {
 
 /// Encodes a video (with `sampling`) or an image (without).
 pub fn encode_one(session: &mut Session, path: &std::path::Path, sampling: Option<&Sampling>) -> Result<Media, Error> {
-    // One bar per phase: decoding frames, then encoding them.
-    let mut bar: Option<(MediaPhase, LazyBar)> = None;
-    let mut progress = |phase: MediaPhase, done: usize, total: usize| {
-        if bar.as_ref().is_none_or(|(p, _)| *p != phase) {
-            if let Some((_, b)) = bar.take() {
-                b.finish();
-            }
-            let label = match phase {
-                MediaPhase::Decoding => "decoding",
-                MediaPhase::Encoding => "encoding",
-            };
-            bar = Some((phase, LazyBar::new(label, 2)));
-        }
-        if let Some((_, b)) = &mut bar {
-            b.update(done, total);
-        }
-    };
+    let mut bars = PhaseBars::default();
+    let mut progress = |phase: MediaPhase, done: usize, total: usize| bars.update(phase.into(), done, total);
     let media = match sampling {
         Some(s) => session.encode_video(path, s, &mut progress),
         None => session.encode_image(path, &mut progress),
     };
-    if let Some((_, b)) = bar.take() {
-        b.finish();
-    }
+    bars.finish();
     let media = media?;
-    if let Some(note) = &media.note {
-        eprintln!("dycoke: {}: {note}", path.display());
-    }
+    print_notes(&media);
     Ok(media)
+}
+
+/// Tells the user what they should know about how a medium was sampled or cached.
+pub fn print_notes(media: &Media) {
+    if let Some(note) = &media.note {
+        eprintln!("dycoke: {}: {note}", media.source.display());
+    }
 }

@@ -1,5 +1,6 @@
 //! Command-line definitions (clap) and dispatch.
 
+mod batch;
 mod bench;
 mod chat;
 mod common;
@@ -32,6 +33,8 @@ enum Command {
     Run(run::RunArgs),
     /// Chat interactively in the terminal.
     Chat(chat::ChatArgs),
+    /// Answer a JSONL file of requests (resumable, shardable, with multiple-choice scoring).
+    Batch(batch::BatchArgs),
     /// Print a GGUF file's metadata and tensors.
     Info(info::InfoArgs),
     /// Measure speed against a baseline in the same run.
@@ -48,6 +51,7 @@ pub fn run(cli: Cli) -> dycoke::Result<()> {
     match cli.command {
         Command::Run(a) => run::run(a),
         Command::Chat(a) => chat::run(a),
+        Command::Batch(a) => batch::run(a),
         Command::Info(a) => info::run(a),
         Command::Bench(b) => bench::run(b),
     }

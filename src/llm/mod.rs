@@ -259,22 +259,25 @@ impl LlmContext {
 
     /// Appends the segments to the sequence and computes the logits of its last position.
     pub fn eval(&mut self, segments: &[Segment]) -> Result<&[f32]> {
-        self.eval_impl(segments, false, &mut |_, _| {})?;
+        self.eval_impl(segments, false, &mut |_, _| true)?;
         Ok(self.logits())
     }
 
     /// As `eval`, with the logits of every appended position (rows in order).
     pub fn eval_all_logits(&mut self, segments: &[Segment]) -> Result<()> {
-        self.eval_impl(segments, true, &mut |_, _| {})
+        self.eval_impl(segments, true, &mut |_, _| true)
     }
 
     /// As `eval`, calling `progress(done, total)` after each chunk.
-    pub fn eval_with_progress(&mut self, segments: &[Segment], progress: &mut dyn FnMut(usize, usize)) -> Result<&[f32]> {
+    /// As `eval`, reporting `(done, total)` rows after each chunk; when `progress` returns false the
+    /// evaluation stops after that chunk with `Error::Cancelled` (the cache then holds the chunks
+    /// done, which the caller truncates).
+    pub fn eval_with_progress(&mut self, segments: &[Segment], progress: &mut dyn FnMut(usize, usize) -> bool) -> Result<&[f32]> {
         self.eval_impl(segments, false, progress)?;
         Ok(self.logits())
     }
 
-    fn eval_impl(&mut self, segments: &[Segment], all_logits: bool, progress: &mut dyn FnMut(usize, usize)) -> Result<()> {
+    fn eval_impl(&mut self, segments: &[Segment], all_logits: bool, progress: &mut dyn FnMut(usize, usize) -> bool) -> Result<()> {
         let total = self.check_segments(segments)?;
         if total == 0 {
             return Err(Error::invalid("input", "nothing to evaluate"));
@@ -309,7 +312,9 @@ impl LlmContext {
             let n_out = if all_logits { chunk.len() } else { usize::from(is_last) };
             self.run_batch(&embd, chunk.len(), n_out.max(1), all_logits)?;
             done += chunk.len();
-            progress(done, total);
+            if !progress(done, total) && done < total {
+                return Err(Error::Cancelled);
+            }
         }
         let elapsed = start.elapsed();
         if total == 1 {

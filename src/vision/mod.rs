@@ -50,6 +50,8 @@ pub struct VisionModel {
     newline: Vec<f32>,
     _store: WeightStore,
     file: Arc<GgufFile>,
+    /// A hash of the whole file, computed on first use (the embedding cache keys on it).
+    content_hash: std::sync::OnceLock<[u8; 32]>,
 }
 
 /// The settings beyond the tower's: projector type, pooling, anyres.
@@ -130,7 +132,7 @@ impl VisionModel {
         crate::ggml::dequantize(info.ty, file.tensor_data(info), &mut newline);
         let store = w.finish()?;
         let params = VisionParams { tower: tower_params, out_dim: projector.out_dim, pool_stride, pinpoints, max_crops };
-        Ok(Arc::new(VisionModel { params, tower, projector, newline, _store: store, file }))
+        Ok(Arc::new(VisionModel { params, tower, projector, newline, _store: store, file, content_hash: Default::default() }))
     }
 
     pub fn params(&self) -> &VisionParams {
@@ -139,6 +141,11 @@ impl VisionModel {
 
     pub fn path(&self) -> &Path {
         self.file.path()
+    }
+
+    /// A BLAKE3 hash of the whole mmproj file (about a second per GB, once per model).
+    pub fn content_hash(&self) -> [u8; 32] {
+        *self.content_hash.get_or_init(|| *blake3::hash(self.file.file_bytes()).as_bytes())
     }
 
     /// The embedding that follows a video (and each image row).

@@ -190,6 +190,8 @@ pub fn secs(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
 }
 
+pub mod video;
+
 // ---- vision ------------------------------------------------------------------------------------
 
 use crate::ggml::{Backend, Context as GraphContext, Device, Scheduler};

@@ -1,0 +1,275 @@
+/* The dycoke C API. Generated from src/capi.rs by build.rs (cbindgen): do not edit. */
+
+#ifndef DYCOKE_H
+#define DYCOKE_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+/**
+ * What a call did.
+ */
+typedef enum DycokeStatus {
+  DYCOKE_STATUS_OK = 0,
+  /**
+   * A NULL pointer, a string that is not UTF-8, a parameter out of range.
+   */
+  DYCOKE_STATUS_INVALID_ARGUMENT = 1,
+  /**
+   * A file could not be read or written.
+   */
+  DYCOKE_STATUS_IO = 2,
+  /**
+   * A model file (LLM or mmproj) is unusable.
+   */
+  DYCOKE_STATUS_BAD_MODEL = 3,
+  /**
+   * A video or image cannot be read or decoded.
+   */
+  DYCOKE_STATUS_BAD_MEDIA = 4,
+  /**
+   * The conversation no longer fits in the context: reset the session.
+   */
+  DYCOKE_STATUS_CONTEXT_FULL = 5,
+  /**
+   * Stopped by `dycoke_session_cancel` or a callback.
+   */
+  DYCOKE_STATUS_CANCELLED = 6,
+  /**
+   * ggml could not allocate or compute.
+   */
+  DYCOKE_STATUS_COMPUTE = 7,
+  /**
+   * A bug in dycoke (a caught panic); the message says where.
+   */
+  DYCOKE_STATUS_INTERNAL = 8,
+} DycokeStatus;
+
+/**
+ * Which slow step a progress callback reports.
+ */
+typedef enum DycokePhase {
+  DYCOKE_PHASE_DECODING_FRAMES = 0,
+  DYCOKE_PHASE_ENCODING_FRAMES = 1,
+  DYCOKE_PHASE_PREFILL = 2,
+} DycokePhase;
+
+/**
+ * A loaded model (LLM and optional vision model); shareable by sessions in any threads.
+ */
+typedef struct DycokeModel DycokeModel;
+
+/**
+ * One conversation.
+ */
+typedef struct DycokeSession DycokeSession;
+
+/**
+ * How a model is loaded (`dycoke_model_default_params()` fills the defaults).
+ */
+typedef struct DycokeModelParams {
+  /**
+   * The vision model (mmproj GGUF), or NULL for text only.
+   */
+  const char *mmproj_path;
+  /**
+   * Layers on the GPU device, when the build has one (0: CPU only).
+   */
+  uint32_t gpu_layers;
+} DycokeModelParams;
+
+/**
+ * A session's settings (`dycoke_session_default_params()` fills the defaults).
+ */
+typedef struct DycokeSessionParams {
+  /**
+   * Positions of context; 0 picks the default (8192 or the model's, whichever is smaller).
+   */
+  uint32_t n_ctx;
+  /**
+   * CPU threads; 0 picks the number of cores.
+   */
+  uint32_t n_threads;
+  /**
+   * Frames sampled uniformly from each video.
+   */
+  uint32_t frames;
+  /**
+   * DyCoke compression of videos (true by default).
+   */
+  bool compress;
+  /**
+   * TTM prune ratio K in [0, 1) (0.7); negative turns TTM off.
+   */
+  float ttm_k;
+  /**
+   * Dynamic pruning ratio P in [0, 1) (0.7); negative turns dynamic pruning off.
+   */
+  float dp_ratio;
+  /**
+   * Dynamic pruning layer L; negative picks the default (3).
+   */
+  int32_t dp_layer;
+  /**
+   * A folder for the embedding cache, or NULL for none.
+   */
+  const char *cache_dir;
+  /**
+   * The system prompt, or NULL for the default.
+   */
+  const char *system_prompt;
+} DycokeSessionParams;
+
+/**
+ * How an answer is generated (`dycoke_generate_default_params()` fills the defaults).
+ */
+typedef struct DycokeGenerateParams {
+  uint32_t max_tokens;
+  /**
+   * 0 is greedy.
+   */
+  float temperature;
+  uint32_t top_k;
+  float top_p;
+  /**
+   * The random seed; negative takes one from the clock.
+   */
+  int64_t seed;
+} DycokeGenerateParams;
+
+/**
+ * Called as slow work advances: `done` of `total` frames or positions.
+ */
+typedef void (*DycokeProgressFn)(enum DycokePhase phase,
+                                 uint64_t done,
+                                 uint64_t total,
+                                 void *user_data);
+
+/**
+ * Called with each piece of the answer's text (UTF-8, NUL-terminated); return false to stop.
+ */
+typedef bool (*DycokeTokenFn)(const char *piece, void *user_data);
+
+/**
+ * Counters of a session (DyCoke, media, the last answer).
+ */
+typedef struct DycokeStats {
+  uint64_t visual_tokens_before_ttm;
+  uint64_t visual_tokens_after_ttm;
+  uint64_t decode_steps;
+  uint64_t fresh_selections;
+  uint64_t recalls;
+  double mean_kept_fraction;
+  uint64_t vision_encodes;
+  uint64_t cache_hits;
+  /**
+   * Prompt positions of the last question taken from the cache and evaluated.
+   */
+  uint64_t last_prompt_reused;
+  uint64_t last_prompt_evaluated;
+  /**
+   * Tokens of the last answer.
+   */
+  uint64_t last_answer_tokens;
+} DycokeStats;
+
+#ifdef __cplusplus
+extern "C" {
+#endif // __cplusplus
+
+/**
+ * The version of the library ("0.1.0"); a static string.
+ */
+const char *dycoke_version(void);
+
+/**
+ * The message of the last failed call on this thread ("" after a successful one). The pointer
+ * stays valid until the next dycoke call on this thread.
+ */
+const char *dycoke_last_error(void);
+
+struct DycokeModelParams dycoke_model_default_params(void);
+
+struct DycokeSessionParams dycoke_session_default_params(void);
+
+struct DycokeGenerateParams dycoke_generate_default_params(void);
+
+/**
+ * Loads the LLM GGUF at `llm_path` (and the mmproj of `params`, which may be NULL for the
+ * defaults) into `*out`. Free it with `dycoke_model_free`.
+ */
+enum DycokeStatus dycoke_model_load(const char *llm_path,
+                                    const struct DycokeModelParams *params,
+                                    struct DycokeModel **out);
+
+/**
+ * Frees a model (NULL is ignored). Sessions opened on it stay usable.
+ */
+void dycoke_model_free(struct DycokeModel *model);
+
+/**
+ * Opens a session on `model` (`params` may be NULL for the defaults) into `*out`. Free it with
+ * `dycoke_session_free`.
+ */
+enum DycokeStatus dycoke_session_new(const struct DycokeModel *model,
+                                     const struct DycokeSessionParams *params,
+                                     struct DycokeSession **out);
+
+/**
+ * Frees a session (NULL is ignored). No other thread may use it any more.
+ */
+void dycoke_session_free(struct DycokeSession *session);
+
+/**
+ * Decodes and encodes a video for the next question. `progress` may be NULL.
+ */
+enum DycokeStatus dycoke_session_add_video(struct DycokeSession *session,
+                                           const char *path,
+                                           DycokeProgressFn progress,
+                                           void *user_data);
+
+/**
+ * Loads and encodes an image for the next question. `progress` may be NULL.
+ */
+enum DycokeStatus dycoke_session_add_image(struct DycokeSession *session,
+                                           const char *path,
+                                           DycokeProgressFn progress,
+                                           void *user_data);
+
+/**
+ * Asks `question` about the media added so far and the conversation before it, streaming the
+ * answer to `on_token`. `params`, `on_token` and `on_progress` may be NULL. A stop by
+ * `dycoke_session_cancel` or by `on_token` returning false returns DYCOKE_STATUS_CANCELLED; the
+ * text streamed until then stays in the conversation.
+ */
+enum DycokeStatus dycoke_session_ask(struct DycokeSession *session,
+                                     const char *question,
+                                     const struct DycokeGenerateParams *params,
+                                     DycokeTokenFn on_token,
+                                     DycokeProgressFn on_progress,
+                                     void *user_data);
+
+/**
+ * Stops the session's current work (from any thread; NULL is ignored).
+ */
+enum DycokeStatus dycoke_session_cancel(const struct DycokeSession *session);
+
+/**
+ * Forgets the questions and answers; the media stay, for the next question.
+ */
+enum DycokeStatus dycoke_session_reset(struct DycokeSession *session);
+
+/**
+ * Fills `*out` with the session's counters.
+ */
+enum DycokeStatus dycoke_session_stats(const struct DycokeSession *session,
+                                       struct DycokeStats *out);
+
+#ifdef __cplusplus
+}  // extern "C"
+#endif  // __cplusplus
+
+#endif  /* DYCOKE_H */
