@@ -98,3 +98,31 @@ fn every_frame_of_a_b_frame_stream_in_order() {
         assert_eq!(sampled.frames[k], video.frames[i], "frame {i} differs between seeking and sequential decoding");
     }
 }
+
+/// Indexing a stream released every packet it read only for some demuxers (fuzzing found a leak
+/// of every packet with WebM): reading the same video many times must not grow memory.
+#[test]
+fn reading_a_video_again_and_again_does_not_leak() {
+    let rss_kib = || -> u64 {
+        let s = std::fs::read_to_string("/proc/self/status").unwrap();
+        s.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    let sampling = dycoke::media::Sampling { selection: dycoke::media::FrameSelection::Count(4), max_frames: 8 };
+    for name in ["vp9.webm", "h264_high_bframes.mp4", "hevc.mp4"] {
+        let path = fixtures().join(name);
+        let read = || {
+            dycoke::media::video::probe(&path).unwrap();
+            dycoke::media::load_video(&path, &sampling, 1, &mut |_, _| {}).unwrap();
+        };
+        for _ in 0..30 {
+            read();
+        }
+        let before = rss_kib();
+        for _ in 0..150 {
+            read();
+        }
+        // The leak was 20 KiB per read of the WebM file (3 MiB here).
+        let grown = rss_kib().saturating_sub(before);
+        assert!(grown < 1536, "{name}: RSS grew by {grown} KiB over 150 reads");
+    }
+}

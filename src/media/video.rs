@@ -103,8 +103,10 @@ fn index(path: &Path, o: &mut Opened) -> Result<StreamIndex> {
     let mut keyframes = Vec::new();
     let mut complete = true;
     let mut invalid_in_a_row = 0;
-    let mut packet = ff::Packet::empty();
     loop {
+        // A fresh packet each time: reading into a used one does not release its buffer (found
+        // by fuzzing: a leak per packet).
+        let mut packet = ff::Packet::empty();
         match packet.read(&mut o.input) {
             Ok(()) => invalid_in_a_row = 0,
             Err(ff::Error::Eof) => break,
