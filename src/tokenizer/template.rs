@@ -58,6 +58,9 @@ fn strftime_now(format: String) -> String {
     format.replace("%Y", &format!("{y:04}")).replace("%m", &format!("{m:02}")).replace("%d", &format!("{d:02}"))
 }
 
+/// Instructions a template may execute per rendering.
+pub const TEMPLATE_FUEL: u64 = 10_000_000;
+
 impl ChatTemplate {
     /// The template of a GGUF file (ChatML when it has none, or when it does not compile; the
     /// reason is kept for a warning).
@@ -74,6 +77,9 @@ impl ChatTemplate {
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
+        // A template comes from a model file, which may be hostile: bound its work (a real chat
+        // template spends a few dozen instructions per message) so that it cannot hang.
+        env.set_fuel(Some(TEMPLATE_FUEL));
         match env.add_template_owned(NAME, src.to_string()) {
             Ok(()) => ChatTemplate::Jinja { env: Box::new(env) },
             Err(e) => ChatTemplate::ChatMl { reason: format!("the model's chat template does not compile ({e})") },
@@ -133,6 +139,13 @@ mod tests {
         assert_eq!(out, "<|im_start|>system\nDefault.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
         let out = t.render(&[ChatMessage::system("S"), ChatMessage::user("Q"), ChatMessage::assistant("A")], false, "", "").unwrap();
         assert_eq!(out, "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\nA<|im_end|>\n");
+    }
+
+    #[test]
+    fn a_template_that_would_run_for_ever_is_stopped() {
+        let t = ChatTemplate::from_source("{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}");
+        let e = t.render(&[ChatMessage::user("hi")], true, "", "").unwrap_err();
+        assert!(e.to_string().contains("fuel"), "{e}");
     }
 
     #[test]
