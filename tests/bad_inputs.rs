@@ -22,6 +22,12 @@ fn fails_with(out: &Output, needles: &[&str]) {
     for n in needles {
         assert!(err.to_lowercase().contains(&n.to_lowercase()), "{n:?} not in:\n{err}");
     }
+    // DYCOKE_COUNT_CASES=FILE lists the cases run (one line each), to count them.
+    if let Some(f) = std::env::var_os("DYCOKE_COUNT_CASES") {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(f).unwrap();
+        writeln!(f, "{}", err.lines().last().unwrap_or_default()).unwrap();
+    }
 }
 
 fn scratch(name: &str) -> PathBuf {
@@ -484,4 +490,63 @@ fn invalid_compression_settings() {
     let (llm, _) = tiny();
     fails_with(&dycoke(&["run", "-m", &llm, "-p", "hi", "--compress", "dycoke"]), &["--compress dycoke", "no --video"]);
     fails_with(&dycoke(&["chat", "-m", &llm, "--dp-layer", "1"]), &["--dp-layer", "no --video"]);
+}
+
+// ---- batch requests and the embedding cache -----------------------------------------------------
+
+#[test]
+fn batch_inputs_that_cannot_run() {
+    let (llm, mmproj) = tiny();
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let write = |name: &str, bytes: &[u8]| {
+        std::fs::write(dir.path().join(name), bytes).unwrap();
+        path(name)
+    };
+    let ok_input = write("ok.jsonl", b"{\"id\": \"a\", \"question\": \"Why?\"}\n");
+    let batch = |input: &str, output: &str, extra: &[&str]| {
+        let mut args = vec!["batch", "-m", &llm, "--mmproj", &mmproj, "--input", input, "--output", output, "-n", "1"];
+        args.extend_from_slice(extra);
+        dycoke(&args)
+    };
+    let missing = path("missing.jsonl");
+    fails_with(&batch(&missing, &path("o1.jsonl"), &[]), &[&missing, "No such file"]);
+    let not_utf8 = write("latin1.jsonl", b"{\"id\": \"caf\xe9\"}\n");
+    fails_with(&batch(&not_utf8, &path("o2.jsonl"), &[]), &[&not_utf8, "UTF-8"]);
+    let dup = write("dup.jsonl", b"{\"id\": \"a\", \"question\": \"x\"}\n{\"id\": \"a\", \"question\": \"y\"}\n");
+    fails_with(&batch(&dup, &path("o3.jsonl"), &[]), &["\"a\"", "twice", "line 2"]);
+    let garbage = write("garbage-out.jsonl", b"this is not a result\n");
+    fails_with(&batch(&ok_input, &garbage, &[]), &[&garbage, "line 1", "not a result record"]);
+    let no_id = write("noid-out.jsonl", b"{\"answer\": \"x\"}\n");
+    fails_with(&batch(&ok_input, &no_id, &[]), &[&no_id, "has no id"]);
+    fails_with(&batch(&ok_input, &path("o4.jsonl"), &["--shard", "3/3"]), &["shard", "3/3"]);
+    fails_with(&batch(&ok_input, &path("o5.jsonl"), &["--shard", "1-2"]), &["shard", "I/N"]);
+    fails_with(&batch(&ok_input, &path("o6.jsonl"), &["--mc", "vote"]), &["--mc", "vote"]);
+    fails_with(&batch(&ok_input, dir.path().to_str().unwrap(), &[]), &[dir.path().to_str().unwrap()]);
+    let video_req = write("video.jsonl", b"{\"id\": \"v\", \"video\": \"clip.mp4\", \"question\": \"Why?\"}\n");
+    let out = dycoke(&["batch", "-m", &llm, "--input", &video_req, "--output", &path("o7.jsonl")]);
+    fails_with(&out, &["--mmproj"]);
+}
+
+#[test]
+fn embedding_cache_folders_that_cannot_be_used() {
+    let (llm, mmproj) = tiny();
+    let video = common::llava::dir().join("clip.mp4");
+    let file = scratch("a-file-not-a-folder");
+    std::fs::write(&file, b"x").unwrap();
+    let inside = file.join("cache");
+    for dir in [&file, &inside] {
+        let out = dycoke(&["run", "-m", &llm, "--mmproj", &mmproj, "--video", video.to_str().unwrap(), "--frames", "2", "-p", "hi", "-n", "1",
+            "--cache-dir", dir.to_str().unwrap()]);
+        fails_with(&out, &[file.to_str().unwrap()]);
+    }
+}
+
+#[test]
+fn chat_arguments_that_cannot_work() {
+    let (llm, mmproj) = tiny();
+    fails_with(&dycoke(&["chat", "-m", &llm, "--video", "clip.mp4"]), &["--mmproj"]);
+    fails_with(&dycoke(&["chat", "-m", &llm, "--ttm-k", "0.5"]), &["--ttm-k", "no --video"]);
+    fails_with(&dycoke(&["chat", "-m", &llm, "--mmproj", &mmproj, "--video", "/no/such/clip.mp4"]), &["/no/such/clip.mp4"]);
+    fails_with(&dycoke(&["chat", "-m", &llm, "--mmproj", &mmproj, "--frames", "0"]), &["frames"]);
 }

@@ -1,6 +1,6 @@
 //! The product layer: multi-turn conversations over a video reuse the cache, the embedding cache
-//! skips the vision model and never trusts a corrupt entry, and sessions on one model in several
-//! threads answer as they do one after the other.
+//! skips the vision model and never trusts a corrupt entry, and four sessions on one model in four
+//! threads (each with its own video) answer as they do one after the other.
 
 mod common;
 
@@ -122,20 +122,29 @@ fn the_embedding_cache_skips_the_vision_model_and_rebuilds_corrupt_entries() {
 }
 
 #[test]
-fn two_sessions_in_two_threads_answer_as_one_after_the_other() {
+fn four_sessions_in_four_threads_answer_as_one_after_the_other() {
     let model = model();
-    let run = |question: &str| -> Vec<u32> {
+    let videos = root_videos();
+    let run = |(video, question): &(PathBuf, &str)| -> (Vec<u32>, Vec<f32>) {
         let mut c = conversation(&model, None);
-        c.add_video(&video(), &mut |_, _, _| {}).unwrap();
+        c.add_video(video, &mut |_, _, _| {}).unwrap();
         let params = GenerateParams { max_tokens: 8, ignore_eos: true, sampler: dycoke::SamplerParams { temperature: 0.8, seed: Some(7), ..Default::default() } };
-        c.ask(question, &params, &mut |_| true, &mut |_, _, _| {}).unwrap().tokens
+        let tokens = c.ask(question, &params, &mut |_| true, &mut |_, _, _| {}).unwrap().tokens;
+        (tokens, c.session().logits().to_vec())
     };
-    let questions = ["What happens in this video?", "Describe the colours."];
-    let serial: Vec<Vec<u32>> = questions.iter().map(|q| run(q)).collect();
-    let parallel: Vec<Vec<u32>> = std::thread::scope(|s| {
-        let handles: Vec<_> = questions.iter().map(|q| s.spawn(|| run(q))).collect();
+    let jobs: Vec<(PathBuf, &str)> = videos.into_iter().zip(["What happens?", "Describe the colours.", "Is anyone there?", "How does it end?"]).collect();
+    let serial: Vec<_> = jobs.iter().map(run).collect();
+    let parallel: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = jobs.iter().map(|job| s.spawn(|| run(job))).collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    assert_eq!(serial, parallel);
-    assert_ne!(serial[0], serial[1], "different questions, different answers");
+    // The same tokens and bit-identical logits: nothing leaks between sessions.
+    assert!(serial == parallel, "threads changed the results");
+    assert!(serial.windows(2).all(|w| w[0].0 != w[1].0), "different videos and questions, different answers");
+}
+
+/// Four different videos: the fixture clip and three of the decoding fixtures.
+fn root_videos() -> Vec<PathBuf> {
+    let videos = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/videos");
+    vec![video(), videos.join("h264_main.mp4"), videos.join("hevc.mp4"), videos.join("vp9.webm")]
 }

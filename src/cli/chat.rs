@@ -35,6 +35,7 @@ const HELP: &str = "commands:
   /video PATH   add a video for the next question
   /image PATH   add an image for the next question
   /reset        forget the questions and answers (the media stay for the next question)
+  /clear        forget everything, media included
   /stats        context use, speeds of the last answer, DyCoke and cache counters
   /help         this list
   Ctrl-C        stop the current answer;  Ctrl-D or /quit   leave";
@@ -93,6 +94,10 @@ pub fn run(a: ChatArgs) -> dycoke::Result<()> {
                     chat.reset_turns();
                     eprintln!("(conversation forgotten)");
                 }
+                "clear" => {
+                    chat.clear();
+                    eprintln!("(conversation and media forgotten)");
+                }
                 "stats" => print_stats(&chat, last.as_ref()),
                 "video" | "image" if !vision => eprintln!("/{name} needs a vision model: restart with --mmproj FILE.gguf"),
                 "video" | "image" if arg.is_empty() => eprintln!("/{name} needs a path"),
@@ -127,6 +132,9 @@ pub fn run(a: ChatArgs) -> dycoke::Result<()> {
                 }
                 last = Some(answer);
             }
+            Err(Error::ContextOverflow { needed, available, .. }) if chat.messages().is_empty() => eprintln!(
+                "the media and this question need {needed} positions but the context holds {available}: /clear to drop the media (or restart with a larger -c or fewer --frames)"
+            ),
             Err(Error::ContextOverflow { needed, available, .. }) => {
                 eprintln!("the conversation needs {needed} positions but the context holds {available}: /reset to start over (or restart with a larger -c)")
             }
