@@ -96,13 +96,13 @@ fn chat_over_a_video_prefills_it_once_across_three_turns() {
     };
     let input = format!("What happens?\n/stats\nWhy?\n/stats\nWhat next?\n/stats\n/image {}\nAnd this?\n/stats\n/video /no/such.mp4\n", image.display());
     let err = chat(&input);
-    // "prompt N tokens in ... (reused M)" after each turn.
+    // "prompt N tokens in ... evaluated, M reused from the cache; ..." after each turn.
     let turns: Vec<(usize, usize)> = err
         .lines()
         .filter_map(|l| l.strip_prefix("last turn: prompt "))
         .map(|l| {
             let evaluated = l.split(' ').next().unwrap().parse().unwrap();
-            let reused = l.split("(reused ").nth(1).unwrap().split(')').next().unwrap().parse().unwrap();
+            let reused = l.split(" evaluated, ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
             (evaluated, reused)
         })
         .collect();

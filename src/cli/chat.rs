@@ -1,6 +1,7 @@
 //! `dycoke chat`: an interactive conversation over videos and images. The cache keeps the
 //! conversation, media included, so each turn only evaluates what is new.
 
+use std::cell::RefCell;
 use std::io::Write;
 use std::path::Path;
 
@@ -110,18 +111,21 @@ pub fn run(a: ChatArgs) -> dycoke::Result<()> {
             }
             continue;
         }
-        let mut bars = PhaseBars::default();
+        // The prompt's bar goes before the answer's first piece: cleared later, it would erase
+        // the line the answer is being written on.
+        let bars = RefCell::new(PhaseBars::default());
         let mut stdout = std::io::stdout().lock();
         let answer = chat.ask(
             line,
             &gen,
             &mut |piece| {
+                bars.borrow_mut().finish();
                 let _ = stdout.write_all(piece.as_bytes()).and_then(|_| stdout.flush());
                 true
             },
-            &mut |phase, done, total| bars.update(phase, done, total),
+            &mut |phase, done, total| bars.borrow_mut().update(phase, done, total),
         );
-        bars.finish();
+        bars.borrow_mut().finish();
         match answer {
             Ok(answer) => {
                 let _ = writeln!(stdout);
@@ -178,7 +182,7 @@ fn print_stats(chat: &Conversation, last: Option<&Answer>) {
     eprintln!("context: {} of {} positions used", s.n_past(), s.n_ctx());
     match last {
         Some(a) => eprintln!(
-            "last turn: prompt {} new (reused {}), answer {}",
+            "last turn: prompt {} evaluated, {} reused from the cache; answer {}",
             rate(a.prompt.evaluated, a.prompt.time.as_secs_f64()),
             a.prompt.reused,
             rate(a.tokens.len(), a.decode_time.as_secs_f64())

@@ -7,7 +7,7 @@ use clap::Args;
 use dycoke::llm::kv_cache::KvType;
 use dycoke::{Error, GenerateParams, ModelOptions, SamplerParams, SessionOptions};
 use dycoke::conversation::Phase;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 
 /// The model a command runs when `-m` is not given: the file `scripts/fetch-qwen2-0.5b` fetches.
 pub const DEFAULT_MODEL: &str = "models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
@@ -143,7 +143,14 @@ pub fn progress_bar(total: usize, what: &str, min_total: usize) -> Option<Progre
     }
     let bar = ProgressBar::new(total as u64);
     bar.set_style(
-        ProgressStyle::with_template("{msg:>15} [{bar:30}] {pos}/{len} {per_sec} eta {eta}").unwrap().progress_chars("=> "),
+        ProgressStyle::with_template("{msg:>15} [{bar:30}] {pos}/{len} {rate} eta {eta}")
+            .unwrap()
+            .with_key("rate", |s: &ProgressState, w: &mut dyn std::fmt::Write| {
+                // indicatif's own {per_sec} prints four decimals ("261,084.4518/s").
+                let r = s.per_sec();
+                let _ = if r < 10.0 { write!(w, "{r:.1}/s") } else { write!(w, "{r:.0}/s") };
+            })
+            .progress_chars("=> "),
     );
     bar.set_message(what.to_string());
     Some(bar)
