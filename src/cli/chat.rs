@@ -56,8 +56,6 @@ pub fn run(a: ChatArgs) -> dycoke::Result<()> {
     let mut session = Session::new(model.clone(), &SessionOptions { compression, ..a.context.options()? })?;
     session.set_embedding_cache(cache);
     let cancel = session.cancel_token();
-    // Ctrl-C while an answer streams stops it; at the prompt the line editor handles it.
-    let _ = ctrlc::set_handler(move || cancel.cancel());
     let mut chat = Conversation::new(session, a.system.clone());
     chat.set_sampling(sampling)?;
     for v in &a.media.videos {
@@ -73,6 +71,12 @@ pub fn run(a: ChatArgs) -> dycoke::Result<()> {
     );
 
     let mut editor = rustyline::DefaultEditor::new().map_err(|e| Error::invalid("terminal", e.to_string()))?;
+    // Ctrl-C while an answer streams stops it; at the prompt the line editor reads it as a key.
+    // This must come after the editor: on a terminal rustyline installs a SIGINT handler of its own
+    // when it is created (kept until it is dropped), which would otherwise replace ours.
+    if let Err(e) = ctrlc::set_handler(move || cancel.cancel()) {
+        eprintln!("dycoke: warning: Ctrl-C will end the chat instead of stopping an answer ({e})");
+    }
     let mut last: Option<Answer> = None;
     loop {
         let line = match editor.readline("> ") {
