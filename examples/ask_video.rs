@@ -5,22 +5,27 @@
 
 use std::io::Write;
 
-use dycoke::conversation::{Conversation, Phase};
-use dycoke::{GenerateParams, Model, ModelOptions, Session, SessionOptions};
+use dycoke::encoder::Layout;
+use dycoke::{Conversation, ConversationOptions, GenerateParams, Model, ModelOptions, Phase};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [llm, mmproj, video, questions @ ..] = args.as_slice() else {
         return Err("usage: ask_video LLM.gguf MMPROJ.gguf VIDEO QUESTION...".into());
     };
-    // One model, shared by every session (Arc); DyCoke is on by default for video.
+    // One model, shared by every conversation (Arc); DyCoke is on by default for video.
     let model = Model::load(&ModelOptions { mmproj: Some(mmproj.into()), ..ModelOptions::new(llm) })?;
-    let session = Session::new(model, &SessionOptions::default())?;
-    let mut chat = Conversation::new(session, None);
+    let mut chat = Conversation::new(model, &ConversationOptions::default())?;
 
-    let mut progress = |phase: Phase, done: usize, total: usize| eprint!("\r{} {done}/{total}   ", phase.label());
+    // Progress of the slow steps; returning false would stop the work.
+    let mut progress = |phase: Phase, done: usize, total: usize| {
+        eprint!("\r{} {done}/{total}   ", phase.label());
+        true
+    };
     let media = chat.add_video(video.as_ref(), &mut progress)?;
-    eprintln!("\n{} frames, {} tokens before TTM", media.frames, media.tokens_before_ttm);
+    if let Layout::Video(v) = media.layout() {
+        eprintln!("\n{} frames, {} tokens before TTM, {} after", v.frames, v.tokens_before_ttm(), v.tokens());
+    }
 
     for q in questions {
         println!("> {q}");
@@ -31,6 +36,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }, &mut progress)?;
         println!("\n({} tokens; prompt: {} reused, {} new)", answer.tokens.len(), answer.prompt.reused, answer.prompt.evaluated);
     }
-    eprintln!("DyCoke: {}", chat.session().stats().to_json());
+    eprintln!("DyCoke: {}", chat.stats().to_json());
     Ok(())
 }

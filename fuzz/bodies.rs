@@ -40,9 +40,9 @@ pub fn video(data: &[u8]) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fuzz.mp4");
     std::fs::write(&path, data).unwrap();
-    let sampling = Sampling { selection: FrameSelection::Count(4), max_frames: 8 };
+    let sampling = Sampling::new(FrameSelection::Count(4), 8).unwrap();
     let _ = dycoke::media::video::probe(&path);
-    let _ = load_video(&path, &sampling, 1, &mut |_, _| {});
+    let _ = load_video(&path, &sampling, 1, &mut |_, _| true);
 }
 
 /// Image loading (PNG, JPEG, EXIF orientation) and LLaVA-OneVision's preprocessing on arbitrary bytes.

@@ -76,7 +76,12 @@ typedef struct DycokeModelParams {
    */
   const char *mmproj_path;
   /**
-   * Layers on the GPU device, when the build has one (0: CPU only).
+   * The compute device: "cpu", or a GPU of a build with a GPU backend ("cuda0", "metal", ...);
+   * NULL is "cpu". An unknown name is DYCOKE_STATUS_INVALID_ARGUMENT, naming the devices there are.
+   */
+  const char *device;
+  /**
+   * Layers placed on `device` when it is a GPU (0: none); ignored on the CPU.
    */
   uint32_t gpu_layers;
 } DycokeModelParams;
@@ -94,9 +99,13 @@ typedef struct DycokeSessionParams {
    */
   uint32_t n_threads;
   /**
-   * Frames sampled uniformly from each video.
+   * Frames sampled uniformly from each video (at most `max_frames`).
    */
   uint32_t frames;
+  /**
+   * The cap on frames per video; 0 takes the default (128), or `frames` when it is larger.
+   */
+  uint32_t max_frames;
   /**
    * DyCoke compression of videos (true by default).
    */

@@ -15,12 +15,13 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use crate::cache::EmbeddingCache;
 use crate::compress::{Compression, DpSettings, TtmSettings};
-use crate::conversation::{Conversation, Phase};
-use crate::media::{FrameSelection, Sampling};
-use crate::session::{CancelToken, GenerateParams};
-use crate::{Error, Model, ModelOptions, SamplerParams, Session, SessionOptions, StopReason};
+use crate::conversation::{Conversation, ConversationOptions};
+use crate::encoder::cache::EmbeddingCache;
+use crate::encoder::EncoderOptions;
+use crate::media::{sampling, FrameSelection, Sampling};
+use crate::session::{CancelToken, GenerateParams, SessionOptions};
+use crate::{Error, Model, ModelOptions, Phase, SamplerParams, Setting, StopReason};
 
 /// What a call did.
 #[repr(C)]
@@ -64,7 +65,10 @@ pub type DycokeProgressFn = Option<unsafe extern "C" fn(phase: DycokePhase, done
 pub struct DycokeModelParams {
     /// The vision model (mmproj GGUF), or NULL for text only.
     pub mmproj_path: *const c_char,
-    /// Layers on the GPU device, when the build has one (0: CPU only).
+    /// The compute device: "cpu", or a GPU of a build with a GPU backend ("cuda0", "metal", ...);
+    /// NULL is "cpu". An unknown name is DYCOKE_STATUS_INVALID_ARGUMENT, naming the devices there are.
+    pub device: *const c_char,
+    /// Layers placed on `device` when it is a GPU (0: none); ignored on the CPU.
     pub gpu_layers: u32,
 }
 
@@ -75,8 +79,10 @@ pub struct DycokeSessionParams {
     pub n_ctx: u32,
     /// CPU threads; 0 picks the number of cores.
     pub n_threads: u32,
-    /// Frames sampled uniformly from each video.
+    /// Frames sampled uniformly from each video (at most `max_frames`).
     pub frames: u32,
+    /// The cap on frames per video; 0 takes the default (128), or `frames` when it is larger.
+    pub max_frames: u32,
     /// DyCoke compression of videos (true by default).
     pub compress: bool,
     /// TTM prune ratio K in [0, 1) (0.7); negative turns TTM off.
@@ -149,9 +155,9 @@ fn set_error(message: &str) {
 
 fn status_of(e: &Error) -> DycokeStatus {
     match e {
-        Error::InvalidParameter { .. } | Error::Prompt(_) | Error::Device { .. } => DycokeStatus::InvalidArgument,
+        Error::Setting { .. } | Error::InvalidArgument { .. } | Error::NoVisionModel | Error::Prompt(_) | Error::Device { .. } => DycokeStatus::InvalidArgument,
         Error::Io { .. } | Error::Gguf { source: crate::gguf::GgufError::Io(_), .. } => DycokeStatus::Io,
-        Error::Gguf { .. } | Error::Tokenizer(_) | Error::Template(_) | Error::Vision(_) => DycokeStatus::BadModel,
+        Error::Gguf { .. } | Error::Tokenizer(_) | Error::Template(_) | Error::VisionMismatch { .. } => DycokeStatus::BadModel,
         Error::Media { .. } => DycokeStatus::BadMedia,
         Error::ContextOverflow { .. } => DycokeStatus::ContextFull,
         Error::Cancelled => DycokeStatus::Cancelled,
@@ -167,7 +173,7 @@ fn guard(f: impl FnOnce() -> Result<(), Error>) -> DycokeStatus {
             DycokeStatus::Ok
         }
         Ok(Err(e)) => {
-            set_error(&e.to_string());
+            set_error(&describe(&e));
             status_of(&e)
         }
         Err(panic) => {
@@ -175,6 +181,44 @@ fn guard(f: impl FnOnce() -> Result<(), Error>) -> DycokeStatus {
             set_error(&format!("internal error: {what}"));
             DycokeStatus::Internal
         }
+    }
+}
+
+/// The parameter-struct field (or function) of a setting, as C callers know it.
+fn field(s: Setting) -> &'static str {
+    match s {
+        Setting::ContextSize => "n_ctx",
+        Setting::Threads => "n_threads",
+        Setting::Frames => "frames",
+        Setting::MaxFrames => "max_frames",
+        Setting::TtmK => "ttm_k",
+        Setting::DpLayer => "dp_layer",
+        Setting::DpRatio => "dp_ratio",
+        Setting::Temperature => "temperature",
+        Setting::TopK => "top_k",
+        Setting::TopP => "top_p",
+        Setting::MaxTokens => "max_tokens",
+        Setting::Device => "device",
+        Setting::GpuLayers => "gpu_layers",
+        Setting::CacheDir => "cache_dir",
+        // Settings the C API does not expose keep their own words.
+        Setting::BatchSize
+        | Setting::VisionBatch
+        | Setting::Fps
+        | Setting::DpThreshold
+        | Setting::MinP
+        | Setting::RepeatPenalty
+        | Setting::RepeatLastN => s.describe(),
+    }
+}
+
+/// An error as a C caller reads it: settings by their field names.
+fn describe(e: &Error) -> String {
+    match e {
+        Error::Setting { setting, problem } => format!("{}: {setting} {problem}", field(*setting)),
+        Error::NoVisionModel => "videos and images need a vision model: load the model with mmproj_path set".into(),
+        Error::ContextOverflow { .. } => format!("{e}; open the session with a larger n_ctx"),
+        _ => e.to_string(),
     }
 }
 
@@ -212,7 +256,7 @@ pub extern "C" fn dycoke_last_error() -> *const c_char {
 
 #[no_mangle]
 pub extern "C" fn dycoke_model_default_params() -> DycokeModelParams {
-    DycokeModelParams { mmproj_path: std::ptr::null(), gpu_layers: 0 }
+    DycokeModelParams { mmproj_path: std::ptr::null(), device: std::ptr::null(), gpu_layers: 0 }
 }
 
 #[no_mangle]
@@ -220,10 +264,11 @@ pub extern "C" fn dycoke_session_default_params() -> DycokeSessionParams {
     DycokeSessionParams {
         n_ctx: 0,
         n_threads: 0,
-        frames: crate::media::sampling::DEFAULT_FRAMES as u32,
+        frames: sampling::DEFAULT_FRAMES as u32,
+        max_frames: 0,
         compress: true,
-        ttm_k: TtmSettings::default().k as f32,
-        dp_ratio: DpSettings::default().ratio as f32,
+        ttm_k: TtmSettings::default().k() as f32,
+        dp_ratio: DpSettings::default().ratio() as f32,
         dp_layer: -1,
         cache_dir: std::ptr::null(),
         system_prompt: std::ptr::null(),
@@ -253,7 +298,9 @@ pub unsafe extern "C" fn dycoke_model_load(llm_path: *const c_char, params: *con
         let params = unsafe { params.as_ref() }.unwrap_or(&defaults);
         // SAFETY: as documented.
         let mmproj = unsafe { optional_str(params.mmproj_path, "mmproj_path") }?.map(PathBuf::from);
-        let model = Model::load(&ModelOptions { mmproj, gpu_layers: params.gpu_layers as usize, ..ModelOptions::new(llm) })?;
+        // SAFETY: as documented.
+        let device = unsafe { optional_str(params.device, "device") }?.map(str::to_string);
+        let model = Model::load(&ModelOptions { mmproj, device, gpu_layers: params.gpu_layers as usize, ..ModelOptions::new(llm) })?;
         let handle = Box::into_raw(Box::new(DycokeModel { model }));
         // SAFETY: checked for NULL above.
         unsafe { *out = handle };
@@ -270,17 +317,30 @@ pub unsafe extern "C" fn dycoke_model_free(model: *mut DycokeModel) {
     }
 }
 
-fn compression_of(p: &DycokeSessionParams) -> Compression {
+fn compression_of(p: &DycokeSessionParams) -> Result<Compression, Error> {
     if !p.compress {
-        return Compression::none();
+        return Ok(Compression::none());
     }
-    let ttm = (p.ttm_k >= 0.0).then_some(TtmSettings { k: f64::from(p.ttm_k) });
-    let dp = (p.dp_ratio >= 0.0).then_some(DpSettings {
-        layer: usize::try_from(p.dp_layer).ok(),
-        ratio: f64::from(p.dp_ratio),
-        ..DpSettings::default()
-    });
-    Compression { ttm, dp }
+    let ttm = if p.ttm_k >= 0.0 { Some(TtmSettings::new(f64::from(p.ttm_k))?) } else { None };
+    let dp = if p.dp_ratio >= 0.0 {
+        let d = DpSettings::new(f64::from(p.dp_ratio))?;
+        Some(match usize::try_from(p.dp_layer) {
+            Ok(l) => d.with_layer(l),
+            Err(_) => d,
+        })
+    } else {
+        None
+    };
+    Ok(Compression { ttm, dp })
+}
+
+fn sampling_of(p: &DycokeSessionParams) -> Result<Sampling, Error> {
+    let frames = p.frames as usize;
+    let cap = match p.max_frames {
+        0 => frames.max(sampling::DEFAULT_MAX_FRAMES),
+        n => n as usize,
+    };
+    Sampling::new(FrameSelection::Count(frames), cap)
 }
 
 /// Opens a session on `model` (`params` may be NULL for the defaults) into `*out`. Free it with
@@ -298,20 +358,19 @@ pub unsafe extern "C" fn dycoke_session_new(model: *const DycokeModel, params: *
         let defaults = dycoke_session_default_params();
         // SAFETY: NULL or a valid struct.
         let p = unsafe { params.as_ref() }.unwrap_or(&defaults);
-        let mut options = SessionOptions { n_ctx: p.n_ctx as usize, compression: compression_of(p), ..SessionOptions::default() };
+        let mut session = SessionOptions { n_ctx: p.n_ctx as usize, ..SessionOptions::default() };
         if p.n_threads > 0 {
-            options.n_threads = p.n_threads as usize;
+            session.n_threads = p.n_threads as usize;
         }
-        let mut session = Session::new(model.model.clone(), &options)?;
-        // SAFETY: as documented.
-        if let Some(dir) = unsafe { optional_str(p.cache_dir, "cache_dir") }? {
-            session.set_embedding_cache(Some(EmbeddingCache::open(dir)?));
-        }
+        let encoder = EncoderOptions { n_threads: session.n_threads, ..EncoderOptions::default() };
         // SAFETY: as documented.
         let system = unsafe { optional_str(p.system_prompt, "system_prompt") }?.map(str::to_string);
-        let cancel = session.cancel_token();
-        let mut chat = Conversation::new(session, system);
-        chat.set_sampling(Sampling { selection: FrameSelection::Count(p.frames as usize), ..Sampling::default() })?;
+        let options = ConversationOptions { session, compression: compression_of(p)?, sampling: sampling_of(p)?, encoder, system };
+        // SAFETY: as documented.
+        let cache = unsafe { optional_str(p.cache_dir, "cache_dir") }?.map(EmbeddingCache::open).transpose()?;
+        let mut chat = Conversation::new(model.model.clone(), &options)?;
+        chat.set_embedding_cache(cache);
+        let cancel = chat.session().cancel_token();
         let handle = Box::into_raw(Box::new(DycokeSession { cancel, state: Mutex::new(SessionState { chat, last: [0; 3] }) }));
         // SAFETY: checked for NULL above.
         unsafe { *out = handle };
@@ -341,17 +400,19 @@ fn with_state(session: *const DycokeSession, f: impl FnOnce(&mut SessionState) -
     })
 }
 
-fn progress_adapter(cb: DycokeProgressFn, user_data: *mut c_void) -> impl FnMut(Phase, usize, usize) {
+/// The caller's progress callback; the work stops when `cancel` fires (`dycoke_session_cancel`).
+fn progress_adapter(cb: DycokeProgressFn, user_data: *mut c_void, cancel: CancelToken) -> impl FnMut(Phase, usize, usize) -> bool {
     move |phase, done, total| {
         if let Some(cb) = cb {
             let phase = match phase {
-                Phase::DecodingFrames => DycokePhase::DecodingFrames,
-                Phase::EncodingFrames => DycokePhase::EncodingFrames,
+                Phase::Decoding => DycokePhase::DecodingFrames,
+                Phase::Encoding => DycokePhase::EncodingFrames,
                 Phase::Prefill => DycokePhase::Prefill,
             };
             // SAFETY: the caller's callback, with the caller's user data.
             unsafe { cb(phase, done as u64, total as u64, user_data) }
         }
+        !cancel.is_cancelled()
     }
 }
 
@@ -361,7 +422,9 @@ pub unsafe extern "C" fn dycoke_session_add_video(session: *mut DycokeSession, p
     with_state(session, |s| {
         // SAFETY: as documented.
         let path = unsafe { required_str(path, "path") }?;
-        s.chat.add_video(path.as_ref(), &mut progress_adapter(progress, user_data))?;
+        let cancel = s.chat.session().cancel_token();
+        cancel.reset();
+        s.chat.add_video(path.as_ref(), &mut progress_adapter(progress, user_data, cancel))?;
         Ok(())
     })
 }
@@ -372,7 +435,9 @@ pub unsafe extern "C" fn dycoke_session_add_image(session: *mut DycokeSession, p
     with_state(session, |s| {
         // SAFETY: as documented.
         let path = unsafe { required_str(path, "path") }?;
-        s.chat.add_image(path.as_ref(), &mut progress_adapter(progress, user_data))?;
+        let cancel = s.chat.session().cancel_token();
+        cancel.reset();
+        s.chat.add_image(path.as_ref(), &mut progress_adapter(progress, user_data, cancel))?;
         Ok(())
     })
 }
@@ -405,7 +470,7 @@ pub unsafe extern "C" fn dycoke_session_ask(
         };
         sampler.validate()?;
         if p.max_tokens == 0 {
-            return Err(Error::invalid("max_tokens", "must be at least 1"));
+            return Err(Error::setting(Setting::MaxTokens, "must be at least 1"));
         }
         let params = GenerateParams { max_tokens: p.max_tokens as usize, sampler, ignore_eos: false };
         let mut on_text = |piece: &str| match on_token {
@@ -416,7 +481,8 @@ pub unsafe extern "C" fn dycoke_session_ask(
                 unsafe { cb(c.as_ptr(), user_data) }
             }
         };
-        let answer = s.chat.ask(question, &params, &mut on_text, &mut progress_adapter(on_progress, user_data))?;
+        let cancel = s.chat.session().cancel_token();
+        let answer = s.chat.ask(question, &params, &mut on_text, &mut progress_adapter(on_progress, user_data, cancel))?;
         s.last = [answer.prompt.reused as u64, answer.prompt.evaluated as u64, answer.tokens.len() as u64];
         if answer.stop == StopReason::Cancelled {
             return Err(Error::Cancelled);
@@ -452,8 +518,8 @@ pub unsafe extern "C" fn dycoke_session_stats(session: *const DycokeSession, out
         if out.is_null() {
             return Err(null("out"));
         }
-        let d = s.chat.session().stats();
-        let m = s.chat.session().media_counters();
+        let d = s.chat.stats();
+        let m = s.chat.encoder_counters();
         let stats = DycokeStats {
             visual_tokens_before_ttm: d.visual_tokens_before_ttm as u64,
             visual_tokens_after_ttm: d.visual_tokens_after_ttm as u64,

@@ -1,10 +1,90 @@
 //! The engine's error type. Every failure a user can cause is one of these, never a panic.
+//!
+//! Errors describe what went wrong in the engine's own words. A setting out of range is
+//! [`Error::Setting`] with a [`Setting`], never a command-line flag: each front end (the CLI, the C
+//! API, a server) names the setting its own way.
 
+use std::fmt;
 use std::path::PathBuf;
 
 use crate::gguf::GgufError;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A setting a user chooses. Front ends map each to their own name (`--ttm-k`, `ttm_k`, ...).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Setting {
+    /// Positions of context (prompt plus answer).
+    ContextSize,
+    /// Positions per prefill chunk.
+    BatchSize,
+    Threads,
+    /// Images per vision graph.
+    VisionBatch,
+    /// Frames sampled uniformly from a video.
+    Frames,
+    /// Frames sampled per second of video.
+    Fps,
+    /// The cap on frames per video.
+    MaxFrames,
+    /// TTM's prune ratio K.
+    TtmK,
+    /// Dynamic pruning's first pruned layer L.
+    DpLayer,
+    /// Dynamic pruning's ratio P.
+    DpRatio,
+    /// Dynamic pruning's selection-reuse threshold.
+    DpThreshold,
+    Temperature,
+    TopK,
+    TopP,
+    MinP,
+    RepeatPenalty,
+    RepeatLastN,
+    /// Most tokens of an answer.
+    MaxTokens,
+    /// The compute device.
+    Device,
+    /// Layers placed on the device.
+    GpuLayers,
+    /// The folder of the embedding cache.
+    CacheDir,
+}
+
+impl Setting {
+    /// What the setting is, in words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Setting::ContextSize => "context size",
+            Setting::BatchSize => "batch size",
+            Setting::Threads => "thread count",
+            Setting::VisionBatch => "vision batch",
+            Setting::Frames => "frame count",
+            Setting::Fps => "frame rate",
+            Setting::MaxFrames => "frame cap",
+            Setting::TtmK => "TTM prune ratio K",
+            Setting::DpLayer => "pruning layer L",
+            Setting::DpRatio => "pruning ratio P",
+            Setting::DpThreshold => "pruning reuse threshold",
+            Setting::Temperature => "temperature",
+            Setting::TopK => "top-k",
+            Setting::TopP => "top-p",
+            Setting::MinP => "min-p",
+            Setting::RepeatPenalty => "repeat penalty",
+            Setting::RepeatLastN => "repeat window",
+            Setting::MaxTokens => "answer length",
+            Setting::Device => "device",
+            Setting::GpuLayers => "GPU layers",
+            Setting::CacheDir => "cache folder",
+        }
+    }
+}
+
+impl fmt::Display for Setting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.describe())
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -12,12 +92,24 @@ pub enum Error {
     #[error("{}: {source}", path.display())]
     Gguf { path: PathBuf, source: GgufError },
 
-    /// A parameter is outside its valid range.
-    #[error("invalid {name}: {message}")]
-    InvalidParameter { name: String, message: String },
+    /// A setting is outside its valid range (or does not fit the model).
+    #[error("{setting}: {problem}")]
+    Setting { setting: Setting, problem: String },
+
+    /// A library call got an argument it cannot use (not a user setting: a caller's mistake).
+    #[error("invalid {what}: {problem}")]
+    InvalidArgument { what: String, problem: String },
+
+    /// Videos or images were given to a model loaded without a vision model.
+    #[error("videos and images need a vision model (mmproj), and none is loaded")]
+    NoVisionModel,
+
+    /// The vision model does not feed this language model.
+    #[error("{}: the projector outputs {projector} values per token but the language model's embeddings have {llm}; the mmproj belongs to another model", path.display())]
+    VisionMismatch { path: PathBuf, projector: usize, llm: usize },
 
     /// The prompt (or prompt plus answer) does not fit in the context window.
-    #[error("the input needs {needed} positions but the context holds {available} (raise -c/--ctx-size, up to the model's {trained})")]
+    #[error("the input needs {needed} positions but the context holds {available} (the model allows up to {trained})")]
     ContextOverflow { needed: usize, available: usize, trained: usize },
 
     /// The tokenizer data of a model file is unusable, or text cannot be tokenized.
@@ -40,10 +132,6 @@ pub enum Error {
     #[error("{}: {message}", path.display())]
     Media { path: PathBuf, message: String },
 
-    /// The vision model (mmproj) is unusable or does not fit the language model.
-    #[error("{0}")]
-    Vision(String),
-
     /// The prompt and the media do not match (placeholders, counts).
     #[error("prompt: {0}")]
     Prompt(String),
@@ -52,14 +140,20 @@ pub enum Error {
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
 
-    /// Generation was stopped by a cancellation request.
+    /// The work was stopped by a cancellation request or a progress callback.
     #[error("cancelled")]
     Cancelled,
 }
 
 impl Error {
-    pub fn invalid(name: &str, message: impl Into<String>) -> Error {
-        Error::InvalidParameter { name: name.to_string(), message: message.into() }
+    /// A setting out of range.
+    pub fn setting(setting: Setting, problem: impl Into<String>) -> Error {
+        Error::Setting { setting, problem: problem.into() }
+    }
+
+    /// A library call's argument that cannot be used.
+    pub fn invalid(what: &str, problem: impl Into<String>) -> Error {
+        Error::InvalidArgument { what: what.to_string(), problem: problem.into() }
     }
 
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {

@@ -12,7 +12,7 @@ fn main() -> ExitCode {
     match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("dycoke: error: {e}");
+            eprintln!("dycoke: error: {}", cli::describe_error(&e));
             ExitCode::FAILURE
         }
     }

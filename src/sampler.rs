@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Setting};
 
 /// Sampling settings.
 #[derive(Clone, Debug, PartialEq)]
@@ -37,21 +37,21 @@ impl Default for SamplerParams {
 impl SamplerParams {
     /// Checks every setting's range.
     pub fn validate(&self) -> Result<()> {
-        let bad = |name: &str, v: String, range: &str| Err(Error::invalid(name, format!("{v} is outside {range}")));
+        let bad = |setting: Setting, v: String, range: &str| Err(Error::setting(setting, format!("{v} is outside {range}")));
         if !(self.temperature.is_finite() && self.temperature >= 0.0 && self.temperature <= 100.0) {
-            return bad("temperature", self.temperature.to_string(), "0..=100");
+            return bad(Setting::Temperature, self.temperature.to_string(), "0..=100");
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return bad("top-p", self.top_p.to_string(), "(0, 1]");
+            return bad(Setting::TopP, self.top_p.to_string(), "(0, 1]");
         }
         if !(self.min_p >= 0.0 && self.min_p <= 1.0) {
-            return bad("min-p", self.min_p.to_string(), "[0, 1]");
+            return bad(Setting::MinP, self.min_p.to_string(), "[0, 1]");
         }
         if !(self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0 && self.repeat_penalty <= 10.0) {
-            return bad("repeat-penalty", self.repeat_penalty.to_string(), "(0, 10]");
+            return bad(Setting::RepeatPenalty, self.repeat_penalty.to_string(), "(0, 10]");
         }
         if self.repeat_last_n > 1 << 20 {
-            return bad("repeat-last-n", self.repeat_last_n.to_string(), "0..=1048576");
+            return bad(Setting::RepeatLastN, self.repeat_last_n.to_string(), "0..=1048576");
         }
         Ok(())
     }

@@ -76,3 +76,21 @@ fn null_pointers_bad_paths_and_bad_parameters_give_error_codes() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("0 failures") && text.matches("ok ").count() >= 30, "{text}");
 }
+
+#[test]
+fn every_parameter_field_has_its_documented_effect() {
+    let exe = compile("tests/c/fields.c", "fields");
+    let (llm, mmproj) = common::llava::converted(GgmlType::F32);
+    let video = common::llava::dir().join("clip.mp4");
+    let cache = tempfile::tempdir().unwrap();
+    let out = run(&exe).arg(&llm).arg(&mmproj).arg(&video).arg(cache.path()).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    // One or more checks per field of DycokeModelParams, DycokeSessionParams, DycokeGenerateParams.
+    for field in ["mmproj_path", "device", "gpu_layers", "frames", "max_frames", "compress", "ttm_k", "dp_ratio", "dp_layer", "n_ctx", "n_threads", "cache_dir",
+        "system_prompt", "max_tokens", "temperature", "seed", "top_k", "top_p"]
+    {
+        assert!(text.lines().any(|l| l.starts_with("ok ") && l.contains(field)), "no check of {field}:\n{text}");
+    }
+    assert!(text.contains("0 failures"), "{text}");
+}

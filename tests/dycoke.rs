@@ -16,23 +16,31 @@ use dycoke::gguf::GgmlType;
 use dycoke::llm::kv_cache::KvType;
 use dycoke::llm::{LlmContext, LlmOptions, Segment};
 use dycoke::prompt::{self, MediaKind, Piece};
-use dycoke::session::Media;
+use dycoke::encoder::{EncodedMedia, Layout, VideoLayout};
+use dycoke::progress;
 use dycoke::tokenizer::ChatMessage;
-use dycoke::{Model, ModelOptions, Session, SessionOptions};
+use dycoke::{Conversation, ConversationOptions, Error, Model, ModelOptions, SessionOptions, Setting};
 
 // ---- TTM against the reference -------------------------------------------------------------------
 
-fn fixture_session(compression: Compression) -> Session {
+fn fixture_session(compression: Compression) -> Conversation {
     let (llm, mmproj) = converted(GgmlType::F32);
     let model = Model::load(&ModelOptions { mmproj: Some(mmproj), ..ModelOptions::new(llm) }).unwrap();
-    Session::new(model, &SessionOptions { n_threads: 2, compression, ..SessionOptions::default() }).unwrap()
+    let opts = ConversationOptions { session: SessionOptions { n_threads: 2, ..SessionOptions::default() }, compression, ..ConversationOptions::default() };
+    Conversation::new(model, &opts).unwrap()
 }
 
 fn only_ttm(k: f64) -> Compression {
-    Compression { ttm: Some(TtmSettings { k }), dp: None }
+    Compression { ttm: Some(TtmSettings::new(k).unwrap()), dp: None }
 }
 
-fn video_pieces(s: &Session) -> Vec<Piece> {
+/// A video medium of `frames` frames of `tokens_per_frame` tokens (and a newline) from `rows`.
+fn video_media(rows: Vec<f32>, n_embd: usize, frames: usize, tokens_per_frame: usize) -> EncodedMedia {
+    let layout = Layout::Video(VideoLayout { frames, tokens_per_frame, frame_indices: Vec::new(), ttm: None });
+    EncodedMedia::new("synthetic", rows, n_embd, layout).unwrap()
+}
+
+fn video_pieces(s: &Conversation) -> Vec<Piece> {
     let messages = [
         ChatMessage::system(prompt::DEFAULT_MEDIA_SYSTEM_PROMPT),
         ChatMessage::user(prompt::place_media("What happens in this video?", &[MediaKind::Video]).unwrap()),
@@ -61,31 +69,18 @@ fn ttm_on_the_reference_features_matches_the_reference() {
     let mut s = fixture_session(only_ttm(0.7));
     let (rows, _) = f32_array("video_projected_pooled");
     let frames = manifest()["video_frame_indices"].as_array().unwrap().len();
-    let media = Media {
-        kind: MediaKind::Video,
-        source: "reference".into(),
-        key: 11,
-        rows,
-        tokens_before_ttm: frames * 196,
-        ttm_kept: None,
-        frames,
-        tokens_per_frame: 196,
-        frame_indices: Vec::new(),
-        note: None,
-        decode_time: Default::default(),
-        encode_time: Default::default(),
-    };
+    let media = video_media(rows, 64, frames, 196);
     let k = manifest()["video_ttm_k"].as_f64().unwrap();
-    let compressed = media.with_ttm(k, 64).unwrap();
-    assert_eq!(compressed.ttm_kept.as_deref(), Some(&reference_kept()[..]), "kept positions");
+    let compressed = media.with_ttm(TtmSettings::new(k).unwrap()).unwrap();
+    assert_eq!(compressed.video().unwrap().ttm.as_deref(), Some(&reference_kept()[..]), "kept positions");
     let (want_rows, _) = f32_array("video_ttm_rows");
-    assert_eq!(compressed.rows, want_rows, "the surviving rows and the newline");
-    assert_eq!(compressed.visual_tokens(64), 2 * 196 + 6 * 58, "8 frames: 2 whole, 6 of 58");
+    assert_eq!(compressed.rows(), &want_rows[..], "the surviving rows and the newline");
+    assert_eq!(compressed.visual_tokens(), 2 * 196 + 6 * 58, "8 frames: 2 whole, 6 of 58");
 
     let pieces = video_pieces(&s);
-    s.set_prompt_with_media(&pieces, &[&compressed], &mut |_, _| {}).unwrap();
+    s.evaluate(&pieces, &[&compressed], &mut progress::ignore).unwrap();
     let (want, _) = f32_array("video_ttm_logits");
-    let e = rel_err(&s.logits()[..want.len()], &want);
+    let e = rel_err(&s.session().logits()[..want.len()], &want);
     eprintln!("TTM on reference features: logits relative error {e:.2e}");
     assert!(e < 1e-4, "{e:.2e}");
     assert_eq!(s.stats().visual_tokens_before_ttm, 8 * 196);
@@ -98,13 +93,13 @@ fn ttm_on_the_reference_features_matches_the_reference() {
 #[test]
 fn ttm_end_to_end_from_the_file_matches_the_reference() {
     let mut s = fixture_session(only_ttm(0.7));
-    let sampling = dycoke::media::Sampling { selection: dycoke::media::FrameSelection::Count(8), max_frames: 64 };
-    let media = s.encode_video(&dir().join("clip.mp4"), &sampling, &mut |_, _, _| {}).unwrap();
-    assert_eq!(media.ttm_kept.as_deref(), Some(&reference_kept()[..]), "kept positions");
+    s.set_sampling(dycoke::media::Sampling::frames(8).unwrap());
+    let media = s.add_video(&dir().join("clip.mp4"), &mut progress::ignore).unwrap().clone();
+    assert_eq!(media.video().unwrap().ttm.as_deref(), Some(&reference_kept()[..]), "kept positions");
     let pieces = video_pieces(&s);
-    s.set_prompt_with_media(&pieces, &[&media], &mut |_, _| {}).unwrap();
+    s.evaluate(&pieces, &[&media], &mut progress::ignore).unwrap();
     let (want, _) = f32_array("video_ttm_logits");
-    let got = &s.logits()[..want.len()];
+    let got = &s.session().logits()[..want.len()];
     let e = rel_err(got, &want);
     eprintln!("TTM end to end: logits relative error {e:.2e}");
     assert!(e < 1e-3, "{e:.2e}");
@@ -268,50 +263,41 @@ fn pruning_runs_reselects_recalls_and_shrinks_the_view() {
 }
 
 #[test]
-fn session_prunes_only_videos_and_resets_per_answer() {
+fn conversation_prunes_only_videos_and_resets_per_answer() {
     let model = random_model();
-    let mut s = Session::new(model.clone(), &SessionOptions { n_threads: 2, n_ctx: 1024, ..SessionOptions::default() }).unwrap();
+    let session = SessionOptions { n_threads: 2, n_ctx: 1024, ..SessionOptions::default() };
+    let mut s = Conversation::new(model.clone(), &ConversationOptions { session, compression: Compression { ttm: None, ..Compression::dycoke() }, ..ConversationOptions::default() }).unwrap();
     let n_embd = model.llm().params().n_embd;
     let (before, rows, after, span) = video_prompt(n_embd);
-    let video = Media {
-        kind: MediaKind::Video,
-        source: "synthetic".into(),
-        key: 5,
-        rows,
-        tokens_before_ttm: N_VISUAL,
-        ttm_kept: None,
-        frames: 3,
-        tokens_per_frame: 200,
-        frame_indices: Vec::new(),
-        note: None,
-        decode_time: Default::default(),
-        encode_time: Default::default(),
-    };
+    let video = video_media(rows, n_embd, 3, 200);
     let pieces = [Piece::Tokens(before.clone()), Piece::Media(0), Piece::Tokens(after.clone())];
     let params = dycoke::GenerateParams { max_tokens: 6, ignore_eos: true, ..Default::default() };
-    s.set_prompt_with_media(&pieces, &[&video], &mut |_, _| {}).unwrap();
-    let first = s.generate(&params, &mut |_| true).unwrap();
+    let stats = s.evaluate(&pieces, &[&video], &mut progress::ignore).unwrap();
+    let first = s.answer(&params, stats, &mut |_| true).unwrap();
     let c = first.pruning.expect("pruning ran on a prompt with video");
     assert_eq!(c.steps, 5);
     assert_eq!(c.last_rows, c.last_positions - span.len() + (span.len() as f64 * 0.3) as usize);
     // A fresh answer starts a fresh selection (no attention history across requests). (The reset
     // makes the prompt's evaluation identical too: reusing it would evaluate its last position as
     // a single-token step, rounding slightly differently.)
-    s.reset();
-    s.set_prompt_with_media(&pieces, &[&video], &mut |_, _| {}).unwrap();
-    let second = s.generate(&params, &mut |_| true).unwrap();
+    s.session_mut().reset();
+    let stats = s.evaluate(&pieces, &[&video], &mut progress::ignore).unwrap();
+    let second = s.answer(&params, stats, &mut |_| true).unwrap();
     assert_eq!(second.tokens, first.tokens);
     let c2 = second.pruning.unwrap();
     assert_eq!((c2.steps, c2.fresh_selections, c2.recalls, c2.last_rows), (c.steps, c.fresh_selections, c.recalls, c.last_rows));
     assert_eq!(s.stats().dp.steps, 10);
     // Text alone: nothing to prune.
-    s.set_prompt_with_media(&[Piece::Tokens(before)], &[], &mut |_, _| {}).unwrap();
-    assert!(s.generate(&params, &mut |_| true).unwrap().pruning.is_none());
+    let stats = s.evaluate(&[Piece::Tokens(before)], &[], &mut progress::ignore).unwrap();
+    assert!(s.answer(&params, stats, &mut |_| true).unwrap().pruning.is_none());
     // Without dynamic pruning in the settings, a video prompt is not pruned either.
     s.set_compression(Compression { dp: None, ..Compression::dycoke() }).unwrap();
-    s.set_prompt_with_media(&pieces, &[&video], &mut |_, _| {}).unwrap();
-    assert!(s.generate(&params, &mut |_| true).unwrap().pruning.is_none());
-    // Settings are checked against the model.
-    let bad = Compression { dp: Some(DpSettings { layer: Some(4), ..DpSettings::default() }), ..Compression::dycoke() };
-    assert!(s.set_compression(bad).unwrap_err().to_string().contains("--dp-layer"));
+    let stats = s.evaluate(&pieces, &[&video], &mut progress::ignore).unwrap();
+    assert!(s.answer(&params, stats, &mut |_| true).unwrap().pruning.is_none());
+    // Settings are checked against the model, and the error names the setting, not a flag.
+    let bad = Compression { dp: Some(DpSettings::default().with_layer(4)), ..Compression::dycoke() };
+    match s.set_compression(bad).unwrap_err() {
+        e @ Error::Setting { setting: Setting::DpLayer, .. } => assert!(!e.to_string().contains("--"), "{e}"),
+        other => panic!("{other:?}"),
+    }
 }

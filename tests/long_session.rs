@@ -7,10 +7,9 @@
 
 mod common;
 
-use dycoke::conversation::Conversation;
 use dycoke::gguf::GgmlType;
-use dycoke::media::{FrameSelection, Sampling};
-use dycoke::{Error, GenerateParams, Model, ModelOptions, Session, SessionOptions};
+use dycoke::media::Sampling;
+use dycoke::{Conversation, ConversationOptions, Error, GenerateParams, Model, ModelOptions, SessionOptions};
 
 fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -26,9 +25,9 @@ fn open_fds() -> usize {
 fn two_hundred_turns_keep_memory_and_descriptors_flat() {
     let (llm, mmproj) = common::llava::converted(GgmlType::F32);
     let model = Model::load(&ModelOptions { mmproj: Some(mmproj), ..ModelOptions::new(llm) }).unwrap();
-    let session = Session::new(model, &SessionOptions { n_ctx: 1024, n_threads: 2, ..SessionOptions::default() }).unwrap();
-    let mut chat = Conversation::new(session, None);
-    chat.set_sampling(Sampling { selection: FrameSelection::Count(4), ..Sampling::default() }).unwrap();
+    let session = SessionOptions { n_ctx: 1024, n_threads: 2, ..SessionOptions::default() };
+    let mut chat = Conversation::new(model, &ConversationOptions { session, ..ConversationOptions::default() }).unwrap();
+    chat.set_sampling(Sampling::frames(4).unwrap());
     let video = common::llava::dir().join("clip.mp4");
     let params = GenerateParams { max_tokens: 8, ignore_eos: true, ..GenerateParams::default() };
 
@@ -36,14 +35,14 @@ fn two_hundred_turns_keep_memory_and_descriptors_flat() {
     let mut samples = Vec::new();
     for turn in 0..200 {
         if turn % 10 == 0 {
-            chat.add_video(&video, &mut |_, _, _| {}).unwrap();
+            chat.add_video(&video, &mut dycoke::progress::ignore).unwrap();
             videos += 1;
         }
         let question = format!("Question number {turn}: what do you see now?");
         let mut attempt = 0;
         loop {
             let before = chat.messages().len();
-            match chat.ask(&question, &params, &mut |_| true, &mut |_, _, _| {}) {
+            match chat.ask(&question, &params, &mut |_| true, &mut dycoke::progress::ignore) {
                 Ok(_) => break,
                 Err(Error::ContextOverflow { .. }) => {
                     overflows += 1;

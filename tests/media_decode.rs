@@ -35,8 +35,8 @@ fn check_at(name: &str, min_psnr: f64) {
     let (w, h) = (entry["width"].as_u64().unwrap() as usize, entry["height"].as_u64().unwrap() as usize);
     let reference = std::fs::read(fixtures().join(format!("{name}.frames.bin"))).unwrap();
 
-    let sampling = Sampling { selection: FrameSelection::Count(want_idx.len()), max_frames: 64 };
-    let video = load_video(&fixtures().join(name), &sampling, 2, &mut |_, _| {}).unwrap();
+    let sampling = Sampling::new(FrameSelection::Count(want_idx.len()), 64).unwrap();
+    let video = load_video(&fixtures().join(name), &sampling, 2, &mut |_, _| true).unwrap();
     assert_eq!(video.total_frames as u64, entry["total_frames"].as_u64().unwrap(), "{name}: frame count");
     assert_eq!(video.indices, want_idx, "{name}: sampled indices");
     let mut worst = f64::INFINITY;
@@ -89,11 +89,11 @@ fn vp9() {
 fn every_frame_of_a_b_frame_stream_in_order() {
     // All 40 frames, sequentially: B-frame reordering must not shift any of them.
     let path = fixtures().join("h264_high_bframes.mp4");
-    let all = Sampling { selection: FrameSelection::Count(40), max_frames: 64 };
-    let video = load_video(&path, &all, 2, &mut |_, _| {}).unwrap();
+    let all = Sampling::new(FrameSelection::Count(40), 64).unwrap();
+    let video = load_video(&path, &all, 2, &mut |_, _| true).unwrap();
     assert_eq!(video.indices, (0..40).collect::<Vec<_>>());
-    let some = Sampling { selection: FrameSelection::Count(8), max_frames: 64 };
-    let sampled = load_video(&path, &some, 2, &mut |_, _| {}).unwrap();
+    let some = Sampling::new(FrameSelection::Count(8), 64).unwrap();
+    let sampled = load_video(&path, &some, 2, &mut |_, _| true).unwrap();
     for (k, &i) in sampled.indices.iter().enumerate() {
         assert_eq!(sampled.frames[k], video.frames[i], "frame {i} differs between seeking and sequential decoding");
     }
@@ -107,12 +107,12 @@ fn reading_a_video_again_and_again_does_not_leak() {
         let s = std::fs::read_to_string("/proc/self/status").unwrap();
         s.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
     };
-    let sampling = dycoke::media::Sampling { selection: dycoke::media::FrameSelection::Count(4), max_frames: 8 };
+    let sampling = dycoke::media::Sampling::new(dycoke::media::FrameSelection::Count(4), 8).unwrap();
     for name in ["vp9.webm", "h264_high_bframes.mp4", "hevc.mp4"] {
         let path = fixtures().join(name);
         let read = || {
             dycoke::media::video::probe(&path).unwrap();
-            dycoke::media::load_video(&path, &sampling, 1, &mut |_, _| {}).unwrap();
+            dycoke::media::load_video(&path, &sampling, 1, &mut |_, _| true).unwrap();
         };
         for _ in 0..30 {
             read();

@@ -7,11 +7,10 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use dycoke::cache::EmbeddingCache;
-use dycoke::conversation::{Answer, Conversation};
+use dycoke::encoder::cache::EmbeddingCache;
 use dycoke::gguf::GgmlType;
-use dycoke::media::{FrameSelection, Sampling};
-use dycoke::{GenerateParams, Model, ModelOptions, Session, SessionOptions};
+use dycoke::media::Sampling;
+use dycoke::{Answer, Conversation, ConversationOptions, GenerateParams, Model, ModelOptions, SessionOptions};
 
 fn model() -> Arc<Model> {
     let (llm, mmproj) = common::llava::converted(GgmlType::F32);
@@ -23,14 +22,13 @@ fn video() -> PathBuf {
 }
 
 fn sampling() -> Sampling {
-    Sampling { selection: FrameSelection::Count(8), ..Sampling::default() }
+    Sampling::frames(8).unwrap()
 }
 
 fn conversation(model: &Arc<Model>, cache: Option<&Path>) -> Conversation {
-    let mut session = Session::new(model.clone(), &SessionOptions { n_ctx: 2048, n_threads: 1, ..SessionOptions::default() }).unwrap();
-    session.set_embedding_cache(cache.map(|d| EmbeddingCache::open(d).unwrap()));
-    let mut c = Conversation::new(session, None);
-    c.set_sampling(sampling()).unwrap();
+    let session = SessionOptions { n_ctx: 2048, n_threads: 1, ..SessionOptions::default() };
+    let mut c = Conversation::new(model.clone(), &ConversationOptions { session, sampling: sampling(), ..ConversationOptions::default() }).unwrap();
+    c.set_embedding_cache(cache.map(|d| EmbeddingCache::open(d).unwrap()));
     c
 }
 
@@ -39,16 +37,15 @@ fn params() -> GenerateParams {
 }
 
 fn ask(c: &mut Conversation, q: &str) -> Answer {
-    c.ask(q, &params(), &mut |_| true, &mut |_, _, _| {}).unwrap()
+    c.ask(q, &params(), &mut |_| true, &mut dycoke::progress::ignore).unwrap()
 }
 
 #[test]
 fn later_turns_do_not_prefill_the_video_again() {
     let model = model();
     let mut c = conversation(&model, None);
-    c.add_video(&video(), &mut |_, _, _| {}).unwrap();
-    let n_embd = model.llm().params().n_embd;
-    let video_rows = c.media()[0].n_rows(n_embd);
+    c.add_video(&video(), &mut dycoke::progress::ignore).unwrap();
+    let video_rows = c.media()[0].n_rows();
 
     let first = ask(&mut c, "What happens in this video?");
     assert_eq!(first.prompt.reused, 0);
@@ -60,15 +57,15 @@ fn later_turns_do_not_prefill_the_video_again() {
         assert!(turn.prompt.evaluated < 40, "{q}: evaluated {}", turn.prompt.evaluated);
         assert_eq!(turn.prompt.reused + turn.prompt.evaluated, turn.prompt.total);
     }
-    assert_eq!(c.session().media_counters().vision_encodes, 1);
+    assert_eq!(c.encoder_counters().vision_encodes, 1);
 
     // The third turn's answer equals evaluating the whole conversation at once, with no reuse.
     let messages = &c.messages()[..c.messages().len() - 1];
     let pieces = dycoke::prompt::tokenize_with_media(model.tokenizer(), messages, true).unwrap();
-    let mut fresh = Session::new(model.clone(), &SessionOptions { n_ctx: 2048, n_threads: 1, ..SessionOptions::default() }).unwrap();
-    let stats = fresh.set_prompt_with_media(&pieces, &[&c.media()[0]], &mut |_, _| {}).unwrap();
+    let mut fresh = conversation(&model, None);
+    let stats = fresh.evaluate(&pieces, &[&c.media()[0]], &mut dycoke::progress::ignore).unwrap();
     assert_eq!(stats.reused, 0);
-    let again = fresh.generate(&params(), &mut |_| true).unwrap();
+    let again = fresh.answer(&params(), stats, &mut |_| true).unwrap();
     assert_eq!(again.text, c.messages().last().unwrap().content);
 }
 
@@ -79,27 +76,27 @@ fn the_embedding_cache_skips_the_vision_model_and_rebuilds_corrupt_entries() {
     let question = "What happens in this video?";
 
     let mut uncached = conversation(&model, None);
-    uncached.add_video(&video(), &mut |_, _, _| {}).unwrap();
+    uncached.add_video(&video(), &mut dycoke::progress::ignore).unwrap();
     let reference = ask(&mut uncached, question);
 
     let mut first = conversation(&model, Some(dir.path()));
-    first.add_video(&video(), &mut |_, _, _| {}).unwrap();
-    assert_eq!(first.session().media_counters().vision_encodes, 1);
+    first.add_video(&video(), &mut dycoke::progress::ignore).unwrap();
+    assert_eq!(first.encoder_counters().vision_encodes, 1);
     assert_eq!(ask(&mut first, question).tokens, reference.tokens);
 
     // A second question on the same video: no vision encode, the same answer.
     let mut second = conversation(&model, Some(dir.path()));
-    let m = second.add_video(&video(), &mut |_, _, _| {}).unwrap().clone();
-    let counters = second.session().media_counters();
+    let m = second.add_video(&video(), &mut dycoke::progress::ignore).unwrap().clone();
+    let counters = second.encoder_counters();
     assert_eq!((counters.vision_encodes, counters.cache_hits), (0, 1));
-    assert_eq!(m.rows, uncached.media()[0].rows);
+    assert_eq!(m.rows(), uncached.media()[0].rows());
     assert_eq!(ask(&mut second, question).tokens, reference.tokens);
 
     // Another sampling is another entry.
     let mut other = conversation(&model, Some(dir.path()));
-    other.set_sampling(Sampling { selection: FrameSelection::Count(4), ..Sampling::default() }).unwrap();
-    other.add_video(&video(), &mut |_, _, _| {}).unwrap();
-    assert_eq!(other.session().media_counters().vision_encodes, 1);
+    other.set_sampling(Sampling::frames(4).unwrap());
+    other.add_video(&video(), &mut dycoke::progress::ignore).unwrap();
+    assert_eq!(other.encoder_counters().vision_encodes, 1);
 
     // Corrupt every entry: each is detected, rebuilt, and the answer is still the same.
     for entry in std::fs::read_dir(dir.path()).unwrap() {
@@ -110,15 +107,15 @@ fn the_embedding_cache_skips_the_vision_model_and_rebuilds_corrupt_entries() {
         std::fs::write(&path, bytes).unwrap();
     }
     let mut third = conversation(&model, Some(dir.path()));
-    let m = third.add_video(&video(), &mut |_, _, _| {}).unwrap().clone();
-    let counters = third.session().media_counters();
+    let m = third.add_video(&video(), &mut dycoke::progress::ignore).unwrap().clone();
+    let counters = third.encoder_counters();
     assert_eq!((counters.vision_encodes, counters.cache_hits, counters.cache_rebuilds), (1, 0, 1));
     assert!(m.note.as_deref().unwrap_or_default().contains("checksum"), "{:?}", m.note);
     assert_eq!(ask(&mut third, question).tokens, reference.tokens);
     // ... and the rebuilt entry is good again.
     let mut fourth = conversation(&model, Some(dir.path()));
-    fourth.add_video(&video(), &mut |_, _, _| {}).unwrap();
-    assert_eq!(fourth.session().media_counters().cache_hits, 1);
+    fourth.add_video(&video(), &mut dycoke::progress::ignore).unwrap();
+    assert_eq!(fourth.encoder_counters().cache_hits, 1);
 }
 
 #[test]
@@ -127,9 +124,9 @@ fn four_sessions_in_four_threads_answer_as_one_after_the_other() {
     let videos = root_videos();
     let run = |(video, question): &(PathBuf, &str)| -> (Vec<u32>, Vec<f32>) {
         let mut c = conversation(&model, None);
-        c.add_video(video, &mut |_, _, _| {}).unwrap();
+        c.add_video(video, &mut dycoke::progress::ignore).unwrap();
         let params = GenerateParams { max_tokens: 8, ignore_eos: true, sampler: dycoke::SamplerParams { temperature: 0.8, seed: Some(7), ..Default::default() } };
-        let tokens = c.ask(question, &params, &mut |_| true, &mut |_, _, _| {}).unwrap().tokens;
+        let tokens = c.ask(question, &params, &mut |_| true, &mut dycoke::progress::ignore).unwrap().tokens;
         (tokens, c.session().logits().to_vec())
     };
     let jobs: Vec<(PathBuf, &str)> = videos.into_iter().zip(["What happens?", "Describe the colours.", "Is anyone there?", "How does it end?"]).collect();

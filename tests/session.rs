@@ -22,9 +22,9 @@ fn a_longer_prompt_evaluates_only_its_new_part() {
     let mut s = session(GgmlType::Q8_0, 1024);
     let all = text_tokens(&s, 30);
     let (a, b) = all.split_at(200);
-    let first = s.set_prompt(&[PromptPart::Tokens(a)], &mut |_, _| {}).unwrap();
+    let first = s.set_prompt(&[PromptPart::Tokens(a)], &mut dycoke::progress::ignore).unwrap();
     assert_eq!((first.reused, first.evaluated), (0, 200));
-    let second = s.set_prompt(&[PromptPart::Tokens(&all)], &mut |_, _| {}).unwrap();
+    let second = s.set_prompt(&[PromptPart::Tokens(&all)], &mut dycoke::progress::ignore).unwrap();
     assert_eq!((second.reused, second.evaluated), (200, all.len() - 200));
 
     // The same as evaluating the two parts one after the other.
@@ -41,8 +41,8 @@ fn a_diverging_prompt_cuts_the_cache_back() {
     x.extend(s.tokenize(" and then the dog barked"));
     let mut y = base.clone();
     y.extend(s.tokenize(" while the cat slept quietly"));
-    s.set_prompt(&[PromptPart::Tokens(&x)], &mut |_, _| {}).unwrap();
-    let stats = s.set_prompt(&[PromptPart::Tokens(&y)], &mut |_, _| {}).unwrap();
+    s.set_prompt(&[PromptPart::Tokens(&x)], &mut dycoke::progress::ignore).unwrap();
+    let stats = s.set_prompt(&[PromptPart::Tokens(&y)], &mut dycoke::progress::ignore).unwrap();
     assert_eq!(stats.reused, base.len());
     assert_eq!(s.n_past(), y.len());
 
@@ -55,8 +55,8 @@ fn a_diverging_prompt_cuts_the_cache_back() {
 fn the_same_prompt_twice_reevaluates_one_position() {
     let mut s = session(GgmlType::F32, 512);
     let p = text_tokens(&s, 3);
-    s.set_prompt(&[PromptPart::Tokens(&p)], &mut |_, _| {}).unwrap();
-    let stats = s.set_prompt(&[PromptPart::Tokens(&p)], &mut |_, _| {}).unwrap();
+    s.set_prompt(&[PromptPart::Tokens(&p)], &mut dycoke::progress::ignore).unwrap();
+    let stats = s.set_prompt(&[PromptPart::Tokens(&p)], &mut dycoke::progress::ignore).unwrap();
     assert_eq!((stats.reused, stats.evaluated), (p.len() - 1, 1));
     // Exactly what evaluating the prefix, then the last token alone, gives.
     let mut direct = LlmContext::new(s.model().llm().clone(), &LlmOptions::new(512, 2)).unwrap();
@@ -68,14 +68,14 @@ fn the_same_prompt_twice_reevaluates_one_position() {
 fn generation_stops_at_max_tokens_and_at_a_full_context() {
     let mut s = session(GgmlType::Q4K, 256);
     let p = text_tokens(&s, 1);
-    s.set_prompt(&[PromptPart::Tokens(&p)], &mut |_, _| {}).unwrap();
+    s.set_prompt(&[PromptPart::Tokens(&p)], &mut dycoke::progress::ignore).unwrap();
     let params = GenerateParams { max_tokens: 7, ignore_eos: true, ..GenerateParams::default() };
     let g = s.generate(&params, &mut |_| true).unwrap();
     assert_eq!((g.tokens.len(), g.stop), (7, StopReason::MaxTokens));
 
     let long = text_tokens(&s, 40);
     let near_full = &long[..250];
-    s.set_prompt(&[PromptPart::Tokens(near_full)], &mut |_, _| {}).unwrap();
+    s.set_prompt(&[PromptPart::Tokens(near_full)], &mut dycoke::progress::ignore).unwrap();
     let params = GenerateParams { max_tokens: 100, ignore_eos: true, ..GenerateParams::default() };
     let g = s.generate(&params, &mut |_| true).unwrap();
     assert_eq!(g.stop, StopReason::ContextFull);
@@ -87,7 +87,7 @@ fn generation_stops_at_max_tokens_and_at_a_full_context() {
 fn generation_can_be_cancelled() {
     let mut s = session(GgmlType::F16, 256);
     let p = text_tokens(&s, 1);
-    s.set_prompt(&[PromptPart::Tokens(&p)], &mut |_, _| {}).unwrap();
+    s.set_prompt(&[PromptPart::Tokens(&p)], &mut dycoke::progress::ignore).unwrap();
     let params = GenerateParams { max_tokens: 50, ignore_eos: true, ..GenerateParams::default() };
     let mut pieces = 0;
     let g = s.generate(&params, &mut |_| {
@@ -111,17 +111,28 @@ fn a_cancel_stops_prompt_evaluation_at_the_next_chunk() {
     assert!(p.len() > 200);
     let token = s.cancel_token();
     let mut chunks = 0;
-    let r = s.set_prompt(&[PromptPart::Tokens(&p)], &mut |_, _| {
+    let r = s.set_prompt(&[PromptPart::Tokens(&p)], &mut |_, _, _| {
         chunks += 1;
         if chunks == 2 {
             token.cancel();
         }
+        true
     });
     assert!(matches!(r, Err(Error::Cancelled)), "{r:?}");
     assert_eq!(chunks, 2, "stopped after the chunk during which it was cancelled");
     assert_eq!(s.n_past(), 0, "a cancelled prompt leaves nothing half-evaluated");
     s.cancel_token().reset();
-    let stats = s.set_prompt(&[PromptPart::Tokens(&p)], &mut |_, _| {}).unwrap();
+    // The progress callback stops it the same way, by returning false.
+    let mut chunks = 0;
+    let r = s.set_prompt(&[PromptPart::Tokens(&p)], &mut |phase, _, _| {
+        assert_eq!(phase, dycoke::Phase::Prefill);
+        chunks += 1;
+        chunks < 3
+    });
+    assert!(matches!(r, Err(Error::Cancelled)), "{r:?}");
+    assert_eq!(chunks, 3);
+    assert_eq!(s.n_past(), 0);
+    let stats = s.set_prompt(&[PromptPart::Tokens(&p)], &mut dycoke::progress::ignore).unwrap();
     assert_eq!(stats.evaluated, p.len());
 }
 
@@ -129,15 +140,15 @@ fn a_cancel_stops_prompt_evaluation_at_the_next_chunk() {
 fn an_overlong_prompt_is_an_error_and_the_session_survives() {
     let mut s = session(GgmlType::F32, 256);
     let long = text_tokens(&s, 60);
-    match s.set_prompt(&[PromptPart::Tokens(&long)], &mut |_, _| {}) {
+    match s.set_prompt(&[PromptPart::Tokens(&long)], &mut dycoke::progress::ignore) {
         Err(Error::ContextOverflow { needed, available: 256, .. }) => assert_eq!(needed, long.len()),
         other => panic!("expected an overflow error, got {other:?}"),
     }
     let p = text_tokens(&s, 1);
-    s.set_prompt(&[PromptPart::Tokens(&p)], &mut |_, _| {}).unwrap();
+    s.set_prompt(&[PromptPart::Tokens(&p)], &mut dycoke::progress::ignore).unwrap();
     assert_eq!(s.n_past(), p.len());
     let bad = [u32::MAX];
-    assert!(matches!(s.set_prompt(&[PromptPart::Tokens(&bad)], &mut |_, _| {}), Err(Error::InvalidParameter { .. })));
+    assert!(matches!(s.set_prompt(&[PromptPart::Tokens(&bad)], &mut dycoke::progress::ignore), Err(Error::InvalidArgument { .. })));
 }
 
 #[test]
@@ -146,7 +157,7 @@ fn the_real_model_ends_its_turn() {
     let model = Model::load(&ModelOptions::new(path)).unwrap();
     let mut s = Session::new(model, &SessionOptions { n_ctx: 512, n_threads: 2, ..SessionOptions::default() }).unwrap();
     let p = s.tokenize("<|im_start|>user\nReply with the single word: yes<|im_end|>\n<|im_start|>assistant\n");
-    s.set_prompt(&[PromptPart::Tokens(&p)], &mut |_, _| {}).unwrap();
+    s.set_prompt(&[PromptPart::Tokens(&p)], &mut dycoke::progress::ignore).unwrap();
     let g = s.generate(&GenerateParams { max_tokens: 20, ..GenerateParams::default() }, &mut |_| true).unwrap();
     assert_eq!(g.stop, StopReason::EndOfGeneration, "answer: {:?}", g.text);
     assert!(g.text.to_lowercase().contains("yes"), "answer: {:?}", g.text);

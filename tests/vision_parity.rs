@@ -105,36 +105,29 @@ fn anyres_packing_matches_transformers() {
 // ---- the prompt: spliced input embeddings and the language model's logits --------------------
 
 use dycoke::prompt::{self, MediaKind, Piece};
-use dycoke::session::Media;
+use dycoke::encoder::{EncodedMedia, Layout, VideoLayout};
 use dycoke::tokenizer::ChatMessage;
-use dycoke::{Model, ModelOptions, Session, SessionOptions};
+use dycoke::{Conversation, ConversationOptions, Model, ModelOptions, SessionOptions};
 
-fn session() -> Session {
+fn session() -> Conversation {
     let (llm, mmproj) = converted(GgmlType::F32);
     let model = Model::load(&ModelOptions { mmproj: Some(mmproj), ..ModelOptions::new(llm) }).unwrap();
     // The uncompressed path (DyCoke's TTM is checked against its own reference in dycoke.rs).
     let compression = dycoke::compress::Compression::none();
-    Session::new(model, &SessionOptions { n_threads: 2, compression, ..SessionOptions::default() }).unwrap()
+    let session = SessionOptions { n_threads: 2, ..SessionOptions::default() };
+    Conversation::new(model, &ConversationOptions { session, compression, ..ConversationOptions::default() }).unwrap()
 }
 
-fn reference_media(kind: MediaKind, rows: Vec<f32>) -> Media {
-    Media {
-        kind,
-        source: "reference".into(),
-        key: 7,
-        rows,
-        tokens_before_ttm: 0,
-        ttm_kept: None,
-        frames: 0,
-        tokens_per_frame: 0,
-        frame_indices: Vec::new(),
-        note: None,
-        decode_time: Default::default(),
-        encode_time: Default::default(),
-    }
+fn reference_media(kind: MediaKind, rows: Vec<f32>) -> EncodedMedia {
+    let layout = match kind {
+        // The fixture's video: 196 pooled tokens per frame and a newline.
+        MediaKind::Video => Layout::Video(VideoLayout { frames: (rows.len() / 64 - 1) / 196, tokens_per_frame: 196, frame_indices: Vec::new(), ttm: None }),
+        MediaKind::Image => Layout::Image { crops: 0 },
+    };
+    EncodedMedia::new("reference", rows, 64, layout).unwrap()
 }
 
-fn pieces(s: &Session, kind: MediaKind, question: &str) -> Vec<Piece> {
+fn pieces(s: &Conversation, kind: MediaKind, question: &str) -> Vec<Piece> {
     let messages = [
         ChatMessage::system(prompt::DEFAULT_MEDIA_SYSTEM_PROMPT),
         ChatMessage::user(prompt::place_media(question, &[kind]).unwrap()),
@@ -143,7 +136,7 @@ fn pieces(s: &Session, kind: MediaKind, question: &str) -> Vec<Piece> {
 }
 
 /// The input embeddings of a prompt: token rows from the embedding matrix, media rows as given.
-fn input_embeddings(s: &Session, pieces: &[Piece], media: &Media) -> Vec<f32> {
+fn input_embeddings(s: &Conversation, pieces: &[Piece], media: &EncodedMedia) -> Vec<f32> {
     let llm = s.model().llm();
     let n = llm.params().n_embd;
     let mut out = Vec::new();
@@ -154,7 +147,7 @@ fn input_embeddings(s: &Session, pieces: &[Piece], media: &Media) -> Vec<f32> {
                 llm.embed_tokens(t, &mut rows);
                 out.extend(rows);
             }
-            Piece::Media(_) => out.extend_from_slice(&media.rows),
+            Piece::Media(_) => out.extend_from_slice(media.rows()),
         }
     }
     out
@@ -173,7 +166,7 @@ fn check_prompt(kind: MediaKind, question: &str, rows_ref: &str, ids_key: &str, 
         .iter()
         .flat_map(|p| match p {
             Piece::Tokens(t) => t.clone(),
-            Piece::Media(_) => vec![media_id; media.n_rows(64)],
+            Piece::Media(_) => vec![media_id; media.n_rows()],
         })
         .collect();
     assert_eq!(ours, ids, "token ids with the media expanded");
@@ -181,9 +174,9 @@ fn check_prompt(kind: MediaKind, question: &str, rows_ref: &str, ids_key: &str, 
     let e = rel_err(&input_embeddings(&s, &pieces, &media), &want);
     eprintln!("{kind:?}: input embeddings, relative error {e:.2e}");
     assert!(e < TOL, "{e:.2e}");
-    s.set_prompt_with_media(&pieces, &[&media], &mut |_, _| {}).unwrap();
+    s.evaluate(&pieces, &[&media], &mut dycoke::progress::ignore).unwrap();
     let (want, _) = f32_array(logits_ref);
-    let got = &s.logits()[..want.len()];
+    let got = &s.session().logits()[..want.len()];
     let e = rel_err(got, &want);
     eprintln!("{kind:?}: last-position logits from the reference features, relative error {e:.2e}");
     assert!(e < TOL, "{e:.2e}");
@@ -207,19 +200,19 @@ fn image_prompt_embeddings_and_logits_match_transformers() {
 fn end_to_end_from_the_files() {
     let mut s = session();
     let frames = manifest()["video_frame_indices"].as_array().unwrap().len();
-    let sampling = dycoke::media::Sampling { selection: dycoke::media::FrameSelection::Count(frames), max_frames: 64 };
+    s.set_sampling(dycoke::media::Sampling::new(dycoke::media::FrameSelection::Count(frames), 64).unwrap());
     for (kind, question, logits_ref) in [
         (MediaKind::Video, "What happens in this video?", "video_logits"),
         (MediaKind::Image, "Describe the image.", "image_logits"),
     ] {
         let media = match kind {
-            MediaKind::Video => s.encode_video(&dir().join("clip.mp4"), &sampling, &mut |_, _, _| {}).unwrap(),
-            MediaKind::Image => s.encode_image(&dir().join("image.png"), &mut |_, _, _| {}).unwrap(),
+            MediaKind::Video => s.add_video(&dir().join("clip.mp4"), &mut dycoke::progress::ignore).unwrap().clone(),
+            MediaKind::Image => s.add_image(&dir().join("image.png"), &mut dycoke::progress::ignore).unwrap().clone(),
         };
         let pieces = pieces(&s, kind, question);
-        s.set_prompt_with_media(&pieces, &[&media], &mut |_, _| {}).unwrap();
+        s.evaluate(&pieces, &[&media], &mut dycoke::progress::ignore).unwrap();
         let (want, _) = f32_array(logits_ref);
-        let got = &s.logits()[..want.len()];
+        let got = &s.session().logits()[..want.len()];
         let e = rel_err(got, &want);
         eprintln!("{kind:?} end to end: logits relative error {e:.2e}");
         assert!(e < 1e-3, "{e:.2e}");

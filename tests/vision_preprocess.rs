@@ -25,7 +25,7 @@ fn compare(a: &Frame, b: &Frame) -> (u8, f64) {
 fn fixture_frames() -> Vec<Frame> {
     let m = manifest();
     let n = m["video_frame_indices"].as_array().unwrap().len();
-    let v = load_video(&dir().join("clip.mp4"), &Sampling { selection: FrameSelection::Count(n), max_frames: 64 }, 2, &mut |_, _| {}).unwrap();
+    let v = load_video(&dir().join("clip.mp4"), &Sampling::new(FrameSelection::Count(n), 64).unwrap(), 2, &mut |_, _| true).unwrap();
     let want: Vec<usize> = m["video_frame_indices"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
     assert_eq!(v.indices, want, "lmms-eval frame indices");
     v.frames

@@ -6,9 +6,8 @@ use std::time::Instant;
 
 use clap::{Args, ValueEnum};
 use dycoke::batch::{self, Item, Record, Request, Shard, Summary};
-use dycoke::conversation::Conversation;
 use dycoke::media::{FrameSelection, Sampling};
-use dycoke::{Error, GenerateParams, Model, Session, SessionOptions};
+use dycoke::{progress, Conversation, Error, GenerateParams, Model, Setting};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::common::{ContextArgs, ModelArgs, SamplingArgs};
@@ -73,14 +72,15 @@ pub fn run(a: BatchArgs) -> dycoke::Result<()> {
 
     let model_opts = a.model.options()?;
     if model_opts.mmproj.is_none() && todo.iter().any(|it| it.request.as_ref().is_ok_and(|r| r.video.is_some() || r.image.is_some())) {
-        return Err(Error::invalid("mmproj", "the requests have videos or images: pass --mmproj FILE.gguf"));
+        return Err(Error::NoVisionModel);
     }
+    let options = a.context.conversation(compression, sampling, a.system.clone())?;
+    let cache = a.frames.cache()?;
     let model = Model::load(&model_opts)?;
-    let mut session = Session::new(model.clone(), &SessionOptions { compression, ..a.context.options()? })?;
-    session.set_embedding_cache(a.frames.cache()?);
-    let cancel = session.cancel_token();
+    let mut chat = Conversation::new(model, &options)?;
+    chat.set_embedding_cache(cache);
+    let cancel = chat.session().cancel_token();
     let _ = ctrlc::set_handler(move || cancel.cancel());
-    let mut chat = Conversation::new(session, a.system.clone());
     let mut out = std::fs::OpenOptions::new().create(true).append(true).open(&a.output).map_err(|e| Error::io(&a.output, e))?;
 
     let bar = progress(todo.len());
@@ -132,24 +132,24 @@ fn answer(chat: &mut Conversation, r: &Request, defaults: &GenerateParams, sampl
     params.sampler.seed = r.seed.or(params.sampler.seed);
     params.sampler.validate()?;
     if params.max_tokens == 0 {
-        return Err(Error::invalid("max_tokens", "must be at least 1"));
+        return Err(Error::setting(Setting::MaxTokens, "must be at least 1"));
     }
     let sampling = match r.frames {
-        Some(n) => Sampling { selection: FrameSelection::Count(n), ..sampling },
+        Some(n) => Sampling::new(FrameSelection::Count(n), sampling.max_frames())?,
         None => sampling,
     };
-    chat.set_sampling(sampling)?;
-    let n_embd = chat.session().model().llm().params().n_embd;
+    chat.set_sampling(sampling);
+    let cancel = chat.session().cancel_token();
+    let mut keep_going = |_, _, _| !cancel.is_cancelled();
     let mut visual_tokens = 0;
     if let Some(v) = &r.video {
-        visual_tokens += chat.add_video(v, &mut |_, _, _| {})?.visual_tokens(n_embd);
+        visual_tokens += chat.add_video(v, &mut keep_going)?.visual_tokens();
     }
     if let Some(i) = &r.image {
-        visual_tokens += chat.add_image(i, &mut |_, _, _| {})?.visual_tokens(n_embd);
+        visual_tokens += chat.add_image(i, &mut keep_going)?.visual_tokens();
     }
     let question = if r.options.is_empty() { r.question.clone() } else { batch::mc_prompt(&r.question, &r.options) };
-    chat.session().cancel_token().reset();
-    let prompt = chat.prepare(&question, &mut |_, _, _| {})?;
+    let prompt = chat.prepare(&question, &mut progress::ignore)?;
     let mut record = Record { id: r.id.clone(), visual_tokens, prompt_tokens: prompt.total, ..Record::default() };
     let mut decode_secs = 0.0;
     let choice = if !r.options.is_empty() && mc == McMode::Likelihood {

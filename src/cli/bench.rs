@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use dycoke::bench::video::{self, run_fidelity, run_video_mode, VideoFeatures, VideoMode, VideoModeOptions, VideoModeReport};
-use dycoke::bench::{describe_row, run_llm_bench, run_vision_bench, table_header, LlmBenchOptions, VisionBenchOptions};
+use super::benches::video::{self, encode_features, run_fidelity, run_video_mode, VideoMode, VideoModeOptions, VideoModeReport};
+use dycoke::encoder::EncodedMedia;
+use super::benches::{describe_row, run_llm_bench, run_vision_bench, table_header, LlmBenchOptions, VisionBenchOptions};
 use dycoke::Error;
 
 use super::common::{LazyBar, DEFAULT_MODEL};
@@ -116,12 +117,12 @@ impl VideoInputArgs {
     }
 
     /// Decodes and encodes `frames` frames, with a progress bar.
-    fn encode(&self, frames: usize) -> Result<VideoFeatures, Error> {
+    fn encode(&self, frames: usize) -> Result<EncodedMedia, Error> {
         let mmproj = self.mmproj.clone().ok_or_else(|| Error::invalid("mmproj", "the benchmark encodes video: pass --mmproj FILE.gguf"))?;
         let model = dycoke::ModelOptions { mmproj: Some(mmproj), ..dycoke::ModelOptions::new(&self.model) };
         eprintln!("encoding {frames} frames");
         let mut bar = LazyBar::new("encoding", 1);
-        let f = VideoFeatures::encode(&model, &self.video()?, frames, self.threads(), &mut |d, t| bar.update(d, t));
+        let f = encode_features(&model, &self.video()?, frames, self.threads(), &mut |d, t| bar.update(d, t));
         bar.finish();
         f
     }
@@ -240,7 +241,7 @@ pub fn run(cmd: BenchCommand) -> dycoke::Result<()> {
 fn run_video(a: VideoArgs) -> dycoke::Result<()> {
     let opts = a.input.mode_options(a.gen, a.reps)?;
     if let (Some(mode), Some(features)) = (a.child_mode, &a.child_features) {
-        let f = VideoFeatures::load(features)?;
+        let f = EncodedMedia::load(features)?;
         let r = run_video_mode(&opts, &f, mode)?;
         println!("{}", serde_json::to_string(&r).expect("serializable"));
         return Ok(());

@@ -6,14 +6,13 @@ use std::io::Write;
 use std::path::Path;
 
 use clap::Args;
-use dycoke::conversation::{Answer, Conversation};
-use dycoke::session::Media;
-use dycoke::{Error, Model, Session, SessionOptions, StopReason};
+use dycoke::{Answer, CancelToken, Conversation, Error, Model, StopReason};
 use rustyline::error::ReadlineError;
 
 use super::common::{rate, ContextArgs, ModelArgs, PhaseBars, SamplingArgs};
 use super::compress::CompressArgs;
-use super::media::{print_notes, MediaArgs};
+use super::describe_error;
+use super::media::{add_one, describe, MediaArgs};
 
 #[derive(Args)]
 pub struct ChatArgs {
@@ -46,23 +45,22 @@ pub fn run(a: ChatArgs) -> dycoke::Result<()> {
     let model_opts = a.model.options()?;
     let vision = model_opts.mmproj.is_some();
     if !a.media.is_empty() && !vision {
-        return Err(Error::invalid("media", "--video and --image need a vision model: pass --mmproj FILE.gguf"));
+        return Err(Error::NoVisionModel);
     }
     // Videos can come later with /video: a vision model makes this a video chat.
     let compression = a.compress.compression(vision)?;
     let sampling = a.media.sampling()?;
     let cache = a.media.cache()?;
+    let options = a.context.conversation(compression, sampling, a.system.clone())?;
     let model = Model::load(&model_opts)?;
-    let mut session = Session::new(model.clone(), &SessionOptions { compression, ..a.context.options()? })?;
-    session.set_embedding_cache(cache);
-    let cancel = session.cancel_token();
-    let mut chat = Conversation::new(session, a.system.clone());
-    chat.set_sampling(sampling)?;
+    let mut chat = Conversation::new(model.clone(), &options)?;
+    chat.set_embedding_cache(cache);
+    let cancel = chat.session().cancel_token();
     for v in &a.media.videos {
-        add_media(&mut chat, v, true)?;
+        add_media(&mut chat, v, true, &cancel)?;
     }
     for i in &a.media.images {
-        add_media(&mut chat, i, false)?;
+        add_media(&mut chat, i, false, &cancel)?;
     }
     eprintln!(
         "dycoke chat with {} ({} positions of context). /help for commands.",
@@ -74,7 +72,8 @@ pub fn run(a: ChatArgs) -> dycoke::Result<()> {
     // Ctrl-C while an answer streams stops it; at the prompt the line editor reads it as a key.
     // This must come after the editor: on a terminal rustyline installs a SIGINT handler of its own
     // when it is created (kept until it is dropped), which would otherwise replace ours.
-    if let Err(e) = ctrlc::set_handler(move || cancel.cancel()) {
+    let on_interrupt = cancel.clone();
+    if let Err(e) = ctrlc::set_handler(move || on_interrupt.cancel()) {
         eprintln!("dycoke: warning: Ctrl-C will end the chat instead of stopping an answer ({e})");
     }
     let mut last: Option<Answer> = None;
@@ -107,8 +106,12 @@ pub fn run(a: ChatArgs) -> dycoke::Result<()> {
                 "video" | "image" if !vision => eprintln!("/{name} needs a vision model: restart with --mmproj FILE.gguf"),
                 "video" | "image" if arg.is_empty() => eprintln!("/{name} needs a path"),
                 "video" | "image" => {
-                    if let Err(e) = add_media(&mut chat, Path::new(arg), name == "video") {
-                        eprintln!("dycoke: {e}");
+                    // Ctrl-C stops the encoding between chunks of frames.
+                    cancel.reset();
+                    match add_media(&mut chat, Path::new(arg), name == "video", &cancel) {
+                        Ok(()) => {}
+                        Err(Error::Cancelled) => eprintln!("(stopped; nothing was added)"),
+                        Err(e) => eprintln!("dycoke: {}", describe_error(&e)),
                     }
                 }
                 _ => eprintln!("unknown command {line}; /help lists them"),
@@ -147,38 +150,21 @@ pub fn run(a: ChatArgs) -> dycoke::Result<()> {
                 eprintln!("the conversation needs {needed} positions but the context holds {available}: /reset to start over (or restart with a larger -c)")
             }
             Err(Error::Cancelled) => eprintln!("(stopped)"),
-            Err(e @ (Error::Prompt(_) | Error::Template(_) | Error::Tokenizer(_))) => eprintln!("dycoke: {e}"),
+            Err(e @ (Error::Prompt(_) | Error::Template(_) | Error::Tokenizer(_))) => eprintln!("dycoke: {}", describe_error(&e)),
             Err(e) => return Err(e),
         }
     }
     if a.compress.stats {
-        eprintln!("{}", chat.session().stats().to_json());
+        eprintln!("{}", chat.stats().to_json());
     }
     Ok(())
 }
 
 /// Encodes a video or an image for the next question, with progress bars and a summary line.
-fn add_media(chat: &mut Conversation, path: &Path, video: bool) -> dycoke::Result<()> {
-    let n_embd = chat.session().model().llm().params().n_embd;
-    let mut bars = PhaseBars::default();
-    let mut progress = |phase, done, total| bars.update(phase, done, total);
-    let media = if video { chat.add_video(path, &mut progress) } else { chat.add_image(path, &mut progress) };
-    bars.finish();
-    let media = media?;
-    print_notes(media);
-    eprintln!("{}", describe(media, n_embd));
+fn add_media(chat: &mut Conversation, path: &Path, video: bool, cancel: &CancelToken) -> dycoke::Result<()> {
+    let media = add_one(chat, path, video, cancel)?;
+    eprintln!("(added {}; it goes with the next question)", describe(media));
     Ok(())
-}
-
-fn describe(m: &Media, n_embd: usize) -> String {
-    let what = if m.tokens_per_frame > 0 {
-        let ttm = if m.ttm_kept.is_some() { format!(", {} before TTM", m.tokens_before_ttm) } else { String::new() };
-        format!("{} frames, {} visual tokens{ttm}", m.frames, m.visual_tokens(n_embd))
-    } else {
-        format!("{} crops, {} visual tokens", m.frames, m.visual_tokens(n_embd))
-    };
-    let timing = if m.encode_time.is_zero() { "from the embedding cache".to_string() } else { format!("encoded in {:.1} s", (m.decode_time + m.encode_time).as_secs_f64()) };
-    format!("(added {}: {what}, {timing}; it goes with the next question)", m.source.display())
 }
 
 fn print_stats(chat: &Conversation, last: Option<&Answer>) {
@@ -193,9 +179,9 @@ fn print_stats(chat: &Conversation, last: Option<&Answer>) {
         ),
         None => eprintln!("last turn: no answer yet"),
     }
-    let m = s.media_counters();
+    let m = chat.encoder_counters();
     eprintln!("media: {} vision encodes, {} from the embedding cache, {} cache entries rebuilt", m.vision_encodes, m.cache_hits, m.cache_rebuilds);
-    if !s.compression().is_none() && chat.media().iter().any(|m| m.tokens_per_frame > 0) {
-        eprintln!("DyCoke: {}", s.stats().to_json());
+    if !chat.compression().is_none() && chat.media().iter().any(|m| m.video().is_some()) {
+        eprintln!("DyCoke: {}", chat.stats().to_json());
     }
 }

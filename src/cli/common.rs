@@ -5,8 +5,11 @@ use std::path::PathBuf;
 
 use clap::Args;
 use dycoke::llm::kv_cache::KvType;
-use dycoke::{Error, GenerateParams, ModelOptions, SamplerParams, SessionOptions};
-use dycoke::conversation::Phase;
+use dycoke::compress::Compression;
+use dycoke::conversation::ConversationOptions;
+use dycoke::encoder::EncoderOptions;
+use dycoke::media::Sampling;
+use dycoke::{Error, GenerateParams, ModelOptions, Phase, SamplerParams, SessionOptions, Setting};
 use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 
 /// The model a command runs when `-m` is not given: the file `scripts/fetch-qwen2-0.5b` fetches.
@@ -73,15 +76,21 @@ fn parse_kv_type(s: &str) -> Result<KvType, String> {
 impl ContextArgs {
     pub fn options(&self) -> Result<SessionOptions, Error> {
         if self.ctx_size == Some(0) {
-            return Err(Error::invalid("context size", "must be at least 1 (leave -c out for the default)"));
+            return Err(Error::setting(Setting::ContextSize, "must be at least 1 (leave it out for the default)"));
         }
         Ok(SessionOptions {
             n_ctx: self.ctx_size.unwrap_or(0),
             n_batch: self.batch_size,
             n_threads: self.threads.unwrap_or_else(dycoke::session::default_threads),
             kv_type: self.cache_type,
-            ..SessionOptions::default()
         })
+    }
+
+    /// A conversation's settings: these, with `compression`, `sampling` and `system`.
+    pub fn conversation(&self, compression: Compression, sampling: Sampling, system: Option<String>) -> Result<ConversationOptions, Error> {
+        let session = self.options()?;
+        let encoder = EncoderOptions { n_threads: session.n_threads, ..EncoderOptions::default() };
+        Ok(ConversationOptions { session, compression, sampling, encoder, system })
     }
 }
 
@@ -129,7 +138,7 @@ impl SamplingArgs {
         };
         sampler.validate()?;
         if self.n_predict == 0 {
-            return Err(Error::invalid("n-predict", "must be at least 1"));
+            return Err(Error::setting(Setting::MaxTokens, "must be at least 1"));
         }
         Ok(GenerateParams { max_tokens: self.n_predict, sampler, ignore_eos: self.ignore_eos })
     }
@@ -201,12 +210,12 @@ pub struct PhaseBars {
 }
 
 impl PhaseBars {
-    pub fn update(&mut self, phase: Phase, done: usize, total: usize) {
+    pub fn update(&mut self, phase: Phase, done: usize, total: usize) -> bool {
         if self.current.as_ref().is_none_or(|(p, _)| *p != phase) {
             self.finish();
             let (label, min_total) = match phase {
-                Phase::DecodingFrames => ("decoding frames", 2),
-                Phase::EncodingFrames => ("encoding frames", 2),
+                Phase::Decoding => ("decoding frames", 2),
+                Phase::Encoding => ("encoding frames", 2),
                 Phase::Prefill => ("prompt tokens", 256),
             };
             self.current = Some((phase, LazyBar::new(label, min_total)));
@@ -214,6 +223,7 @@ impl PhaseBars {
         if let Some((_, b)) = &mut self.current {
             b.update(done, total);
         }
+        true
     }
 
     pub fn finish(&mut self) {

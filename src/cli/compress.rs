@@ -1,7 +1,7 @@
 //! DyCoke options shared by `run` and `chat`.
 
 use clap::Args;
-use dycoke::compress::{Compression, DpSettings, Preset, TtmSettings, DEFAULT_DP_THRESHOLD};
+use dycoke::compress::{Compression, DpSettings, Preset, TtmSettings};
 use dycoke::Error;
 
 #[derive(Args, Clone, Default)]
@@ -68,16 +68,17 @@ impl CompressArgs {
             }
             return Ok(Compression::none());
         }
-        let ttm = (!self.no_ttm).then(|| TtmSettings { k: self.ttm_k.unwrap_or(TtmSettings::default().k) });
-        let dp = (!self.no_dp).then(|| DpSettings {
-            layer: self.dp_layer,
-            ratio: self.dp_ratio.unwrap_or(DpSettings::default().ratio),
-            threshold: DEFAULT_DP_THRESHOLD,
-        });
-        let c = Compression { ttm, dp };
-        // Ranges now, before anything loads (the layer bound needs the model).
-        let ranges_only = Compression { dp: c.dp.map(|d| DpSettings { layer: None, ..d }), ..c };
-        ranges_only.validate(usize::MAX)?;
-        Ok(c)
+        // Ranges are checked here, before anything loads; the layer against the model later.
+        let ttm = if self.no_ttm { None } else { Some(self.ttm_k.map_or(Ok(TtmSettings::default()), TtmSettings::new)?) };
+        let dp = if self.no_dp {
+            None
+        } else {
+            let d = self.dp_ratio.map_or(Ok(DpSettings::default()), DpSettings::new)?;
+            Some(match self.dp_layer {
+                Some(l) => d.with_layer(l),
+                None => d,
+            })
+        };
+        Ok(Compression { ttm, dp })
     }
 }

@@ -3,11 +3,11 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use dycoke::cache::EmbeddingCache;
+use dycoke::encoder::cache::EmbeddingCache;
+use dycoke::encoder::{EncodedMedia, Layout};
 use dycoke::media::{sampling, FrameSelection, Sampling};
 use dycoke::prompt::MediaKind;
-use dycoke::session::{Media, MediaPhase};
-use dycoke::{Error, Session};
+use dycoke::{CancelToken, Conversation, Error};
 
 use super::common::PhaseBars;
 
@@ -53,9 +53,7 @@ impl FrameArgs {
             (_, Some(r)) => FrameSelection::Fps(r),
             (n, None) => FrameSelection::Count(n.unwrap_or(sampling::DEFAULT_FRAMES)),
         };
-        let s = Sampling { selection, max_frames: self.max_frames };
-        s.validate()?;
-        Ok(s)
+        Sampling::new(selection, self.max_frames)
     }
 
 }
@@ -78,38 +76,45 @@ impl MediaArgs {
         self.videos.iter().map(|_| MediaKind::Video).chain(self.images.iter().map(|_| MediaKind::Image)).collect()
     }
 
-    /// Decodes and encodes every medium, with progress bars and sampling notes on stderr.
-    pub fn encode(&self, session: &mut Session) -> Result<Vec<Media>, Error> {
-        let sampling = self.sampling()?;
-        session.set_embedding_cache(self.cache()?);
-        let mut out = Vec::new();
+    /// Decodes and encodes every medium into `chat`, with progress bars and notes on stderr.
+    pub fn add_all(&self, chat: &mut Conversation, cancel: &CancelToken) -> Result<(), Error> {
         for path in &self.videos {
-            out.push(encode_one(session, path, Some(&sampling))?);
+            add_one(chat, path, true, cancel)?;
         }
         for path in &self.images {
-            out.push(encode_one(session, path, None)?);
+            add_one(chat, path, false, cancel)?;
         }
-        Ok(out)
+        Ok(())
     }
 }
 
-/// Encodes a video (with `sampling`) or an image (without).
-pub fn encode_one(session: &mut Session, path: &std::path::Path, sampling: Option<&Sampling>) -> Result<Media, Error> {
+/// Encodes a video or an image into `chat` for its next question, with progress bars; `cancel`
+/// stops the work between chunks of frames.
+pub fn add_one<'c>(chat: &'c mut Conversation, path: &std::path::Path, video: bool, cancel: &CancelToken) -> Result<&'c EncodedMedia, Error> {
     let mut bars = PhaseBars::default();
-    let mut progress = |phase: MediaPhase, done: usize, total: usize| bars.update(phase.into(), done, total);
-    let media = match sampling {
-        Some(s) => session.encode_video(path, s, &mut progress),
-        None => session.encode_image(path, &mut progress),
+    let mut progress = |phase, done, total| {
+        bars.update(phase, done, total);
+        !cancel.is_cancelled()
     };
+    let media = if video { chat.add_video(path, &mut progress) } else { chat.add_image(path, &mut progress) };
     bars.finish();
     let media = media?;
-    print_notes(&media);
+    if let Some(note) = &media.note {
+        eprintln!("dycoke: {}: {note}", media.source().display());
+    }
     Ok(media)
 }
 
-/// Tells the user what they should know about how a medium was sampled or cached.
-pub fn print_notes(media: &Media) {
-    if let Some(note) = &media.note {
-        eprintln!("dycoke: {}: {note}", media.source.display());
-    }
+/// One line about an encoded medium: frames or crops, tokens, where it came from.
+pub fn describe(m: &EncodedMedia) -> String {
+    let what = match m.layout() {
+        Layout::Video(v) => {
+            let ttm = if v.ttm.is_some() { format!(", {} before TTM", v.tokens_before_ttm()) } else { String::new() };
+            format!("{} frames, {} visual tokens{ttm}", v.frames, m.visual_tokens())
+        }
+        Layout::Image { crops } => format!("{crops} crops, {} visual tokens", m.visual_tokens()),
+    };
+    let t = m.timings;
+    let timing = if t.encode.is_zero() { "from the embedding cache".to_string() } else { format!("encoded in {:.1} s", (t.decode + t.encode + t.ttm).as_secs_f64()) };
+    format!("{}: {what}, {timing}", m.source().display())
 }

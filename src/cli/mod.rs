@@ -2,6 +2,7 @@
 
 mod batch;
 mod bench;
+mod benches;
 mod chat;
 mod common;
 mod compress;
@@ -12,6 +13,7 @@ mod run;
 use std::ffi::OsString;
 
 use clap::{Parser, Subcommand};
+use dycoke::{Error, Setting};
 
 
 #[derive(Parser)]
@@ -45,6 +47,44 @@ enum Command {
 /// llama.cpp spells some options with one dash and several letters (`-ngl 99`); clap wants two.
 pub fn normalize_args(args: impl Iterator<Item = OsString>) -> Vec<OsString> {
     args.map(|a| if a == "-ngl" { OsString::from("--ngl") } else { a }).collect()
+}
+
+/// The command-line flag of a setting: library errors name settings, the command line names flags.
+pub fn flag(s: Setting) -> &'static str {
+    match s {
+        Setting::ContextSize => "-c/--ctx-size",
+        Setting::BatchSize => "-b/--batch-size",
+        Setting::Threads => "-t/--threads",
+        Setting::VisionBatch => "--batch",
+        Setting::Frames => "--frames",
+        Setting::Fps => "--fps",
+        Setting::MaxFrames => "--max-frames",
+        Setting::TtmK => "--ttm-k",
+        Setting::DpLayer => "--dp-layer",
+        Setting::DpRatio => "--dp-ratio",
+        Setting::DpThreshold => "the pruning reuse threshold",
+        Setting::Temperature => "--temp",
+        Setting::TopK => "--top-k",
+        Setting::TopP => "--top-p",
+        Setting::MinP => "--min-p",
+        Setting::RepeatPenalty => "--repeat-penalty",
+        Setting::RepeatLastN => "--repeat-last-n",
+        Setting::MaxTokens => "-n/--n-predict",
+        Setting::Device => "--device",
+        Setting::GpuLayers => "-ngl/--n-gpu-layers",
+        Setting::CacheDir => "--cache-dir",
+    }
+}
+
+/// An error as the command line tells it: settings by their flags, with the flag that fixes a
+/// problem where there is one.
+pub fn describe_error(e: &Error) -> String {
+    match e {
+        Error::Setting { setting, problem } => format!("{}: {setting} {problem}", flag(*setting)),
+        Error::NoVisionModel => "videos and images need a vision model: pass --mmproj FILE.gguf".into(),
+        Error::ContextOverflow { .. } => format!("{e}; raise -c/--ctx-size"),
+        _ => e.to_string(),
+    }
 }
 
 pub fn run(cli: Cli) -> dycoke::Result<()> {

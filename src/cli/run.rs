@@ -4,13 +4,11 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::Args;
-use dycoke::prompt::{self, DEFAULT_MEDIA_SYSTEM_PROMPT};
-use dycoke::tokenizer::ChatMessage;
-use dycoke::{Error, Model, Session, SessionOptions};
+use dycoke::{CancelToken, Conversation, Error, Model};
 
-use super::common::{rate, ContextArgs, LazyBar, ModelArgs, SamplingArgs};
+use super::common::{rate, ContextArgs, ModelArgs, PhaseBars, SamplingArgs};
 use super::compress::CompressArgs;
-use super::media::MediaArgs;
+use super::media::{describe, MediaArgs};
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -44,6 +42,8 @@ pub struct RunArgs {
     timings: bool,
 }
 
+/// `dycoke run` is a conversation of one turn: the same prompt assembly as `chat`, `batch` and
+/// the library.
 pub fn run(a: RunArgs) -> dycoke::Result<()> {
     let gen = a.sampling.params()?;
     let prompt = match (&a.prompt, &a.file) {
@@ -53,10 +53,14 @@ pub fn run(a: RunArgs) -> dycoke::Result<()> {
     };
     let mut model_opts = a.model.options()?;
     if !a.media.is_empty() && model_opts.mmproj.is_none() {
-        return Err(Error::invalid("media", "--video and --image need a vision model: pass --mmproj FILE.gguf"));
+        return Err(Error::NoVisionModel);
     }
+    // Invalid settings fail before anything loads.
     let compression = a.compress.compression(!a.media.videos.is_empty())?;
-    a.media.sampling()?; // invalid sampling settings fail before anything loads
+    let sampling = a.media.sampling()?;
+    let cache = a.media.cache()?;
+    // The prompt's shape is checked before the slow media work.
+    dycoke::prompt::place_media(&prompt, &a.media.kinds())?;
     if a.media.is_empty() {
         // Nothing to see: the vision model would only cost load time.
         model_opts.mmproj = None;
@@ -67,36 +71,23 @@ pub fn run(a: RunArgs) -> dycoke::Result<()> {
             eprintln!("dycoke: note: {reason}; using ChatML");
         }
     }
-    let mut session = Session::new(model.clone(), &SessionOptions { compression, ..a.context.options()? })?;
-    let kinds = a.media.kinds();
-    // The prompt's shape is checked before the slow media work.
-    let placed = prompt::place_media(&prompt, &kinds)?;
-    let media = a.media.encode(&mut session)?;
-    let pieces = if a.raw {
-        prompt::split_media(model.tokenizer(), &placed)?
-    } else {
-        let mut messages = Vec::new();
-        let system = a.system.clone().or_else(|| (!media.is_empty()).then(|| DEFAULT_MEDIA_SYSTEM_PROMPT.to_string()));
-        if let Some(s) = system {
-            messages.push(ChatMessage::system(s));
-        }
-        messages.push(ChatMessage::user(placed));
-        prompt::tokenize_with_media(model.tokenizer(), &messages, true)?
-    };
-    let n_embd = model.llm().params().n_embd;
-    let media_refs: Vec<_> = media.iter().collect();
-    let mut bar = LazyBar::new("prompt", 256);
-    let stats = session.set_prompt_with_media(&pieces, &media_refs, &mut |done, total| bar.update(done, total));
-    bar.finish();
+    // With media the system turn defaults to the evaluation convention's (the conversation's
+    // default); a text prompt gets the chat template's own.
+    let mut chat = Conversation::new(model.clone(), &a.context.conversation(compression, sampling, a.system.clone())?)?;
+    chat.set_embedding_cache(cache);
+    a.media.add_all(&mut chat, &CancelToken::new())?;
+    let mut bars = PhaseBars::default();
+    let stats = if a.raw { chat.prepare_raw(&prompt, &mut |p, d, t| bars.update(p, d, t)) } else { chat.prepare(&prompt, &mut |p, d, t| bars.update(p, d, t)) };
+    bars.finish();
     let stats = stats?;
     if let Some(path) = &a.dump_logits {
-        let bytes: Vec<u8> = session.logits().iter().flat_map(|x| x.to_le_bytes()).collect();
+        let bytes: Vec<u8> = chat.session().logits().iter().flat_map(|x| x.to_le_bytes()).collect();
         std::fs::write(path, bytes).map_err(|e| Error::io(path, e))?;
     }
 
     let mut stdout = std::io::stdout().lock();
     let mut write_failed = None;
-    let result = session.generate(&gen, &mut |piece| match stdout.write_all(piece.as_bytes()).and_then(|_| stdout.flush()) {
+    let result = chat.answer(&gen, stats, &mut |piece| match stdout.write_all(piece.as_bytes()).and_then(|_| stdout.flush()) {
         Ok(()) => true,
         Err(e) => {
             // A closed pipe (e.g. `| head`) ends generation quietly.
@@ -109,24 +100,15 @@ pub fn run(a: RunArgs) -> dycoke::Result<()> {
     }
     if a.timings {
         eprintln!("load:    {:.2} s", model.load_time().as_secs_f64());
-        for m in &media {
-            eprintln!(
-                "media:   {} ({} {}): decode {:.2} s, encode {:.2} s, {} tokens{}",
-                m.source.display(),
-                m.frames,
-                if m.tokens_per_frame > 0 { "frames" } else { "crops" },
-                m.decode_time.as_secs_f64(),
-                m.encode_time.as_secs_f64(),
-                m.n_rows(n_embd),
-                if m.ttm_kept.is_some() { format!(" ({} frame tokens before TTM)", m.tokens_before_ttm) } else { String::new() }
-            );
+        for m in chat.media() {
+            eprintln!("media:   {}; {} rows", describe(m), m.n_rows());
         }
-        eprintln!("prompt:  {} (reused {})", rate(stats.evaluated, stats.time.as_secs_f64()), stats.reused);
+        eprintln!("prompt:  {} (reused {})", rate(result.prompt.evaluated, result.prompt.time.as_secs_f64()), result.prompt.reused);
         eprintln!("decode:  {}", rate(result.tokens.len(), result.decode_time.as_secs_f64()));
         eprintln!("stop:    {:?}", result.stop);
     }
     if a.compress.stats {
-        eprintln!("{}", session.stats().to_json());
+        eprintln!("{}", chat.stats().to_json());
     }
     Ok(())
 }

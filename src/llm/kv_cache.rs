@@ -4,7 +4,7 @@
 //! Graphs read it through views whose length is the used part rounded up to [`KV_PAD`], so that a
 //! decode graph stays identical (and reusable) for many steps; the mask hides the padding.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Setting};
 use crate::ggml::{BufferType, Context, Tensor};
 use crate::gguf::GgmlType;
 
@@ -71,7 +71,7 @@ impl KvCache {
     /// Allocates the cache for `n_ctx` positions in memory of `buft`.
     pub fn new(shape: KvShape, n_ctx: usize, ty: KvType, buft: BufferType) -> Result<KvCache> {
         if n_ctx == 0 {
-            return Err(Error::invalid("context size", "must be at least 1"));
+            return Err(Error::setting(Setting::ContextSize, "must be at least 1"));
         }
         if ty.ggml().row_bytes(shape.row() as u64).is_none() {
             return Err(Error::invalid(

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use half::f16;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Setting};
 use crate::ggml::{Backend, Context, Device, DeviceKind, Graph, Scheduler, Tensor};
 use crate::gguf::GgmlType;
 use crate::nn;
@@ -98,6 +98,14 @@ pub trait DecodeAttention: Send + Sync {
     fn attention<'a>(&'a self, full: FullAttention<'a>) -> Box<dyn Attention + 'a>;
 }
 
+/// The one check of a thread count (the LLM's and the vision tower's).
+pub fn check_threads(n: usize) -> Result<()> {
+    if n == 0 || n > 512 {
+        return Err(Error::setting(Setting::Threads, format!("{n} is outside 1..=512")));
+    }
+    Ok(())
+}
+
 /// One sequence's state: the KV cache and the machinery to extend it.
 pub struct LlmContext {
     model: Arc<Qwen2>,
@@ -118,17 +126,12 @@ impl LlmContext {
     pub fn new(model: Arc<Qwen2>, opts: &LlmOptions) -> Result<LlmContext> {
         let p = model.params().clone();
         if opts.n_ctx == 0 || opts.n_ctx > p.n_ctx_train {
-            return Err(Error::invalid(
-                "context size",
-                format!("{} is outside 1..={} (the model's training context)", opts.n_ctx, p.n_ctx_train),
-            ));
+            return Err(Error::setting(Setting::ContextSize, format!("{} is outside 1..={} (the model's training context)", opts.n_ctx, p.n_ctx_train)));
         }
         if opts.n_batch == 0 || opts.n_batch > 8192 {
-            return Err(Error::invalid("batch size", format!("{} is outside 1..=8192", opts.n_batch)));
+            return Err(Error::setting(Setting::BatchSize, format!("{} is outside 1..=8192", opts.n_batch)));
         }
-        if opts.n_threads == 0 || opts.n_threads > 512 {
-            return Err(Error::invalid("threads", format!("{} is outside 1..=512", opts.n_threads)));
-        }
+        check_threads(opts.n_threads)?;
         let mut backends = Vec::new();
         if opts.device.kind() != DeviceKind::Cpu {
             backends.push(Backend::new(opts.device, opts.n_threads).ok_or_else(|| Error::Device {

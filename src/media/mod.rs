@@ -60,8 +60,7 @@ pub struct Video {
 }
 
 /// Loads the sampled frames of a video file, or of a folder of frame images.
-pub fn load_video(path: &Path, sampling: &Sampling, threads: usize, progress: &mut dyn FnMut(usize, usize)) -> Result<Video> {
-    sampling.validate()?;
+pub fn load_video(path: &Path, sampling: &Sampling, threads: usize, progress: &mut dyn FnMut(usize, usize) -> bool) -> Result<Video> {
     if path.is_dir() {
         return load_frame_folder(path, sampling, progress);
     }
@@ -70,8 +69,8 @@ pub fn load_video(path: &Path, sampling: &Sampling, threads: usize, progress: &m
         path,
         threads,
         &mut |info| {
-            if matches!(sampling.selection, FrameSelection::Fps(_)) && info.fps <= 0.0 {
-                return Err(Error::media(path, "its frame rate is unknown, so --fps cannot be used; use --frames"));
+            if matches!(sampling.selection(), FrameSelection::Fps(_)) && info.fps <= 0.0 {
+                return Err(Error::media(path, "its frame rate is unknown, so it cannot be sampled by frame rate; sample a number of frames instead"));
             }
             chosen = sampling::select(info.total_frames, info.fps, sampling);
             Ok(chosen.0.clone())
@@ -117,19 +116,21 @@ fn natural_key(p: &Path) -> Vec<(String, u64)> {
     key
 }
 
-fn load_frame_folder(dir: &Path, sampling: &Sampling, progress: &mut dyn FnMut(usize, usize)) -> Result<Video> {
+fn load_frame_folder(dir: &Path, sampling: &Sampling, progress: &mut dyn FnMut(usize, usize) -> bool) -> Result<Video> {
     let files = frame_files(dir)?;
     if files.is_empty() {
         return Err(Error::media(dir, "the folder has no PNG or JPEG frames"));
     }
-    if matches!(sampling.selection, FrameSelection::Fps(_)) {
-        return Err(Error::media(dir, "a folder of frames has no frame rate, so --fps cannot be used; use --frames"));
+    if matches!(sampling.selection(), FrameSelection::Fps(_)) {
+        return Err(Error::media(dir, "a folder of frames has no frame rate, so it cannot be sampled by frame rate; sample a number of frames instead"));
     }
     let (indices, note) = sampling::select(files.len(), 0.0, sampling);
     let mut frames = Vec::with_capacity(indices.len());
     for (n, &i) in indices.iter().enumerate() {
         frames.push(load_image(&files[i])?);
-        progress(n + 1, indices.len());
+        if !progress(n + 1, indices.len()) {
+            return Err(Error::Cancelled);
+        }
     }
     if let Some(size) = frames.iter().map(|f| (f.width, f.height)).find(|&s| s != (frames[0].width, frames[0].height)) {
         return Err(Error::media(dir, format!("its frames differ in size ({}x{} and {}x{})", frames[0].width, frames[0].height, size.0, size.1)));

@@ -1,6 +1,6 @@
 //! Which frames of a video to use. Pure functions, tested without videos.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Setting};
 
 /// How frames are picked.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -11,18 +11,19 @@ pub enum FrameSelection {
     Fps(f64),
 }
 
-/// Frame sampling settings.
+/// Frame sampling settings, valid by construction (see [`Sampling::new`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Sampling {
-    pub selection: FrameSelection,
-    /// Never more frames than this.
-    pub max_frames: usize,
+    selection: FrameSelection,
+    max_frames: usize,
 }
 
 /// The default: 32 frames, as lmms-eval samples for LLaVA-OneVision.
 pub const DEFAULT_FRAMES: usize = 32;
 /// The default cap on sampled frames (each costs 196 visual tokens before compression).
 pub const DEFAULT_MAX_FRAMES: usize = 128;
+/// No video is sampled into more frames than this, whatever the cap says.
+pub const MAX_FRAMES_LIMIT: usize = 4096;
 
 impl Default for Sampling {
     fn default() -> Sampling {
@@ -31,20 +32,34 @@ impl Default for Sampling {
 }
 
 impl Sampling {
-    pub fn validate(&self) -> Result<()> {
-        if self.max_frames == 0 || self.max_frames > 4096 {
-            return Err(Error::invalid("max-frames", format!("{} is outside 1..=4096", self.max_frames)));
+    /// Checks the settings once: a cap in 1..=4096, at least one frame and no more than the cap,
+    /// a rate in (0, 1000].
+    pub fn new(selection: FrameSelection, max_frames: usize) -> Result<Sampling> {
+        if max_frames == 0 || max_frames > MAX_FRAMES_LIMIT {
+            return Err(Error::setting(Setting::MaxFrames, format!("{max_frames} is outside 1..={MAX_FRAMES_LIMIT}")));
         }
-        match self.selection {
-            FrameSelection::Count(0) => Err(Error::invalid("frames", "must be at least 1")),
-            FrameSelection::Count(n) if n > self.max_frames => {
-                Err(Error::invalid("frames", format!("{n} is more than the cap of {} (raise --max-frames)", self.max_frames)))
+        match selection {
+            FrameSelection::Count(0) => Err(Error::setting(Setting::Frames, "must be at least 1")),
+            FrameSelection::Count(n) if n > max_frames => {
+                Err(Error::setting(Setting::Frames, format!("{n} is more than the frame cap of {max_frames}")))
             }
-            FrameSelection::Fps(r) if !(r.is_finite() && r > 0.0 && r <= 1000.0) => {
-                Err(Error::invalid("fps", format!("{r} is outside (0, 1000]")))
-            }
-            _ => Ok(()),
+            FrameSelection::Fps(r) if !(r.is_finite() && r > 0.0 && r <= 1000.0) => Err(Error::setting(Setting::Fps, format!("{r} is outside (0, 1000]"))),
+            _ => Ok(Sampling { selection, max_frames }),
         }
+    }
+
+    /// `n` frames under the default cap (or `n` itself, when larger).
+    pub fn frames(n: usize) -> Result<Sampling> {
+        Sampling::new(FrameSelection::Count(n), n.max(DEFAULT_MAX_FRAMES).min(MAX_FRAMES_LIMIT))
+    }
+
+    pub fn selection(&self) -> FrameSelection {
+        self.selection
+    }
+
+    /// Never more frames than this.
+    pub fn max_frames(&self) -> usize {
+        self.max_frames
     }
 }
 
@@ -138,7 +153,7 @@ mod tests {
     fn fps_sampling_and_its_cap() {
         assert_eq!(fps_indices(90, 30.0, 1.0), [0, 30, 60]);
         assert_eq!(fps_indices(10, 5.0, 10.0).len(), 10);
-        let s = Sampling { selection: FrameSelection::Fps(30.0), max_frames: 4 };
+        let s = Sampling::new(FrameSelection::Fps(30.0), 4).unwrap();
         let (idx, note) = select(300, 30.0, &s);
         assert_eq!(idx, [0, 99, 199, 299]);
         assert!(note.is_some());
@@ -146,14 +161,20 @@ mod tests {
 
     #[test]
     fn invalid_settings() {
-        for s in [
-            Sampling { selection: FrameSelection::Count(0), max_frames: 8 },
-            Sampling { selection: FrameSelection::Count(9), max_frames: 8 },
-            Sampling { selection: FrameSelection::Fps(0.0), max_frames: 8 },
-            Sampling { selection: FrameSelection::Fps(f64::NAN), max_frames: 8 },
-            Sampling { selection: FrameSelection::Count(4), max_frames: 0 },
+        for (sel, cap, setting) in [
+            (FrameSelection::Count(0), 8, Setting::Frames),
+            (FrameSelection::Count(9), 8, Setting::Frames),
+            (FrameSelection::Fps(0.0), 8, Setting::Fps),
+            (FrameSelection::Fps(f64::NAN), 8, Setting::Fps),
+            (FrameSelection::Count(4), 0, Setting::MaxFrames),
+            (FrameSelection::Count(4), MAX_FRAMES_LIMIT + 1, Setting::MaxFrames),
         ] {
-            assert!(s.validate().is_err(), "{s:?}");
+            match Sampling::new(sel, cap) {
+                Err(Error::Setting { setting: s, .. }) => assert_eq!(s, setting, "{sel:?} {cap}"),
+                other => panic!("{sel:?} {cap}: {other:?}"),
+            }
         }
+        assert_eq!(Sampling::frames(200).unwrap().max_frames(), 200);
+        assert_eq!(Sampling::frames(8).unwrap().max_frames(), DEFAULT_MAX_FRAMES);
     }
 }

@@ -298,12 +298,12 @@ impl<'a> Decoding<'a> {
 }
 
 /// Decodes the frames `choose` picks (ascending indices) given the index pass's information.
-/// `progress(done, total)` follows the decoding.
+/// `progress(done, total)` follows the decoding; returning false stops it (`Error::Cancelled`).
 pub fn decode(
     path: &Path,
     threads: usize,
     choose: &mut dyn FnMut(&VideoInfo) -> Result<Vec<usize>>,
-    progress: &mut dyn FnMut(usize, usize),
+    progress: &mut dyn FnMut(usize, usize) -> bool,
 ) -> Result<(VideoInfo, Vec<Frame>)> {
     let mut first = open(path, threads)?;
     let idx = index(path, &mut first)?;
@@ -357,7 +357,9 @@ pub fn decode(
             // A frame past a lost target may be the next target's.
             pending = (t > target).then_some((t, f));
         }
-        progress(n + 1, indices.len());
+        if !progress(n + 1, indices.len()) {
+            return Err(Error::Cancelled);
+        }
     }
     Ok((info, frames))
 }

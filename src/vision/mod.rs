@@ -156,12 +156,7 @@ impl VisionModel {
     /// Checks that the projector feeds a language model of this width.
     pub fn check_llm_width(&self, n_embd: usize) -> Result<()> {
         if self.params.out_dim != n_embd {
-            return Err(Error::Vision(format!(
-                "{}: the projector outputs {} values per token but the language model's embeddings have {}; the mmproj belongs to another model",
-                self.path().display(),
-                self.params.out_dim,
-                n_embd
-            )));
+            return Err(Error::VisionMismatch { path: self.path().to_path_buf(), projector: self.params.out_dim, llm: n_embd });
         }
         Ok(())
     }
@@ -178,6 +173,14 @@ pub enum Stage {
     Projected,
     /// Pooled projected features [pooled^2][out_dim] per image (the video path).
     Pooled,
+}
+
+/// A video's encoded frames.
+pub struct EncodedFrames {
+    /// [tokens][out_dim]: every frame's pooled tokens, or those TTM kept; no newline.
+    pub rows: Vec<f32>,
+    /// What TTM kept of each frame, when it ran.
+    pub kept: Option<Vec<crate::compress::ttm::Kept>>,
 }
 
 /// A session's vision runner: its own backend and scheduler.
@@ -266,19 +269,24 @@ impl VisionContext {
     }
 
     /// A video's frames, projected and pooled: [frames * tokens_per_frame][out_dim] (the newline
-    /// is not included). `progress(done, total)` counts frames.
-    pub fn encode_video(&mut self, frames: &[Frame], progress: &mut dyn FnMut(usize, usize)) -> Result<Vec<f32>> {
+    /// is not included), compressed by TTM with prune ratio `ttm_k` when given.
+    /// `progress(done, total)` counts frames; returning false stops the work.
+    pub fn encode_video(&mut self, frames: &[Frame], ttm_k: Option<f64>, progress: &mut dyn FnMut(usize, usize) -> bool) -> Result<EncodedFrames> {
         let mut out = Vec::with_capacity(frames.len() * self.size_at(Stage::Pooled));
         for (i, chunk) in frames.chunks(self.batch).enumerate() {
             let pixels = self.frame_pixels(chunk);
             out.extend(self.run(Stage::Pixels, Stage::Pooled, &pixels, chunk.len())?);
-            progress((i * self.batch + chunk.len()).min(frames.len()), frames.len());
+            if !progress((i * self.batch + chunk.len()).min(frames.len()), frames.len()) {
+                return Err(Error::Cancelled);
+            }
         }
-        Ok(out)
+        let Some(k) = ttm_k else { return Ok(EncodedFrames { rows: out, kept: None }) };
+        let t = crate::compress::ttm::apply(&out, frames.len(), self.model.params.tokens_per_frame(), self.model.params.out_dim, k)?;
+        Ok(EncodedFrames { rows: t.rows, kept: Some(t.kept) })
     }
 
     /// An image through the anyres path: [tokens][out_dim], newlines included.
-    pub fn encode_image(&mut self, image: &Frame, progress: &mut dyn FnMut(usize, usize)) -> Result<Vec<f32>> {
+    pub fn encode_image(&mut self, image: &Frame, progress: &mut dyn FnMut(usize, usize) -> bool) -> Result<(Vec<f32>, usize)> {
         let p = self.model.params.clone();
         let t = &p.tower;
         let (crops, tiles) = preprocess::anyres_crops(image, &p.pinpoints, t.image_size as u32);
@@ -286,9 +294,12 @@ impl VisionContext {
         for (i, chunk) in crops.chunks(self.batch).enumerate() {
             let pixels: Vec<f32> = chunk.iter().flat_map(|c| preprocess::normalize(c, t.mean, t.std)).collect();
             projected.extend(self.run(Stage::Pixels, Stage::Projected, &pixels, chunk.len())?);
-            progress((i * self.batch + chunk.len()).min(crops.len()), crops.len());
+            if !progress((i * self.batch + chunk.len()).min(crops.len()), crops.len()) {
+                return Err(Error::Cancelled);
+            }
         }
-        Ok(projector::pack_anyres(
+        let n_crops = crops.len();
+        Ok((projector::pack_anyres(
             &projected,
             p.out_dim,
             t.grid,
@@ -296,6 +307,6 @@ impl VisionContext {
             (image.height as usize, image.width as usize),
             self.model.newline(),
             p.max_crops,
-        ))
+        ), n_crops))
     }
 }

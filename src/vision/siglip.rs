@@ -167,7 +167,7 @@ impl SiglipWeights {
             });
         }
         if blocks.is_empty() {
-            return Err(Error::Vision("the vision tower has no blocks".into()));
+            return Err(Error::invalid("vision model", "the vision tower has no blocks"));
         }
         Ok(SiglipWeights { patch_w, patch_b, pos, blocks })
     }

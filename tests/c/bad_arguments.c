@@ -62,7 +62,7 @@ int main(int argc, char **argv) {
     sp.frames = 4;
     sp.n_threads = 1;
     sp.dp_layer = 1000;
-    expect("session: dp_layer 1000", dycoke_session_new(model, &sp, &session), DYCOKE_STATUS_INVALID_ARGUMENT, "dp-layer");
+    expect("session: dp_layer 1000", dycoke_session_new(model, &sp, &session), DYCOKE_STATUS_INVALID_ARGUMENT, "dp_layer");
     sp.dp_layer = -1;
     sp.n_ctx = 1024;
     expect("session", dycoke_session_new(model, &sp, &session), DYCOKE_STATUS_OK, NULL);

@@ -5,10 +5,10 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::error::{Error, Result};
-use crate::ggml::reference::{RefContext, RefModel};
-use crate::llm::{LlmContext, LlmOptions, Segment};
-use crate::model::{Model, ModelOptions};
+use dycoke::error::{Error, Result};
+use dycoke::ggml::reference::{RefContext, RefModel};
+use dycoke::llm::{LlmContext, LlmOptions, Segment};
+use dycoke::model::{Model, ModelOptions};
 
 /// Settings of the LLM benchmark (ours against llama.cpp's libllama on the same file).
 #[derive(Clone, Debug)]
@@ -185,19 +185,14 @@ pub fn table_header() -> String {
     format!("{:<26} {:>10} {:>12} {:>7}", "test (tokens/s)", "dycoke", "llama.cpp", "ratio")
 }
 
-/// Seconds as a short human string.
-pub fn secs(d: Duration) -> String {
-    format!("{:.2} s", d.as_secs_f64())
-}
-
 pub mod video;
 
 // ---- vision ------------------------------------------------------------------------------------
 
-use crate::ggml::{Backend, Context as GraphContext, Device, Scheduler};
-use crate::gguf::GgmlType;
-use crate::vision::{Stage, VisionContext, VisionModel};
-use crate::weights::Placement;
+use dycoke::ggml::{Backend, Context as GraphContext, Device, Scheduler};
+use dycoke::gguf::GgmlType;
+use dycoke::vision::{Stage, VisionContext, VisionModel};
+use dycoke::weights::Placement;
 
 /// Settings of the vision benchmark.
 #[derive(Clone, Debug)]
@@ -248,13 +243,13 @@ pub fn vision_flops_per_frame(m: &VisionModel) -> f64 {
 }
 
 /// The type of the tower's matrices in a vision GGUF (for the report).
-fn tower_type(file: &crate::gguf::GgufFile) -> GgmlType {
+fn tower_type(file: &dycoke::gguf::GgufFile) -> GgmlType {
     file.tensor("v.blk.0.attn_q.weight").map_or(GgmlType::F32, |t| t.ty)
 }
 
 /// Measures the throughput of the tower's matrix products alone: one block's six products over
 /// `rows` patches, with weights of the file's types, repeated `repeat` times in one graph.
-fn matmul_gflops(file: &crate::gguf::GgufFile, hidden: usize, ffn: usize, rows: usize, threads: usize) -> Result<f64> {
+fn matmul_gflops(file: &dycoke::gguf::GgufFile, hidden: usize, ffn: usize, rows: usize, threads: usize) -> Result<f64> {
     let mut g = GraphContext::new(64, 64);
     let ty = |name: &str| file.tensor(name).map_or(GgmlType::F16, |t| t.ty);
     let shapes = [
@@ -308,7 +303,7 @@ pub fn run_vision_bench(opts: &VisionBenchOptions) -> Result<VisionBenchReport> 
         return Err(Error::invalid("bench", "frames, batch and repetitions must be at least 1"));
     }
     let model = VisionModel::load(&opts.mmproj, Placement::cpu())?;
-    let file = crate::gguf::GgufFile::open(&opts.mmproj)?;
+    let file = dycoke::gguf::GgufFile::open(&opts.mmproj)?;
     let p = model.params().clone();
     let size = p.tower.image_size;
     // Smooth synthetic frames (the values do not change the work).
@@ -355,7 +350,7 @@ pub fn run_vision_bench(opts: &VisionBenchOptions) -> Result<VisionBenchReport> 
 /// Seconds llama.cpp's CLIP takes for one frame of `size` x `size` pixels (median of `reps`).
 #[cfg(feature = "llama-mtmd")]
 fn llama_cpp_clip_seconds(mmproj: &std::path::Path, llm: &std::path::Path, size: u32, threads: usize, reps: usize) -> Result<f64> {
-    use crate::ggml::reference::RefClip;
+    use dycoke::ggml::reference::RefClip;
     let model = RefModel::load(llm, false).ok_or_else(|| Error::invalid("bench", format!("llama.cpp could not load {}", llm.display())))?;
     let mut clip = RefClip::load(mmproj, &model, threads as i32)
         .ok_or_else(|| Error::invalid("bench", format!("llama.cpp's CLIP could not load {}", mmproj.display())))?;
