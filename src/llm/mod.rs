@@ -1,6 +1,7 @@
 //! The language model at run time: a loaded Qwen2 (shared) and per-session contexts that own a
 //! KV cache, a scheduler and the reusable decode graph.
 
+pub mod chunks;
 pub mod kv_cache;
 pub mod qwen2;
 
@@ -280,6 +281,12 @@ impl LlmContext {
         Ok(self.logits())
     }
 
+    /// The chunk lengths a prefill of `n` positions runs in (see [`chunks::plan`]); a caller that
+    /// must reproduce this context's numerics elsewhere feeds the same chunks.
+    pub fn chunk_plan(&self, n: usize) -> Vec<usize> {
+        chunks::plan(n, self.n_batch, chunks::FLASH_ATTN_Q_TILE)
+    }
+
     fn eval_impl(&mut self, segments: &[Segment], all_logits: bool, progress: &mut dyn FnMut(usize, usize) -> bool) -> Result<()> {
         let total = self.check_segments(segments)?;
         if total == 0 {
@@ -302,7 +309,8 @@ impl LlmContext {
         let start = Instant::now();
         let mut done = 0;
         let mut embd = Vec::new();
-        for chunk in rows.chunks(self.n_batch) {
+        for len in self.chunk_plan(total) {
+            let chunk = &rows[done..done + len];
             embd.resize(chunk.len() * n_embd, 0.0);
             for (i, &(si, r)) in chunk.iter().enumerate() {
                 let out = &mut embd[i * n_embd..(i + 1) * n_embd];
