@@ -331,9 +331,16 @@ impl Session {
     /// Decodes and encodes a video (a file or a folder of frames) into embedding rows, compressed by
     /// TTM when the session's settings ask for it.
     pub fn encode_video(&mut self, path: &Path, sampling: &Sampling, progress: &mut dyn FnMut(MediaPhase, usize, usize)) -> Result<Media> {
+        let k = self.options.compression.ttm.map(|t| t.k);
+        if let (Some(k), None) = (k, &self.cache) {
+            // TTM runs in the vision graph.
+            sampling.validate()?;
+            self.vision_context()?;
+            return self.encode_video_now(path, sampling, Some(k), progress);
+        }
         let media = self.encode_video_uncompressed(path, sampling, progress)?;
-        match self.options.compression.ttm {
-            Some(t) => media.with_ttm(t.k, self.model.llm().params().n_embd),
+        match k {
+            Some(k) => media.with_ttm(k, self.model.llm().params().n_embd),
             None => Ok(media),
         }
     }
@@ -344,7 +351,7 @@ impl Session {
         sampling.validate()?;
         let mmproj = self.vision_context()?.model().content_hash();
         let Some(cache) = self.cache.clone() else {
-            return self.encode_video_now(path, sampling, progress);
+            return self.encode_video_now(path, sampling, None, progress);
         };
         let start = Instant::now();
         let key = CacheKey::for_video(path, &mmproj, sampling)?;
@@ -373,7 +380,7 @@ impl Session {
                 Some(why)
             }
         };
-        let mut media = self.encode_video_now(path, sampling, progress)?;
+        let mut media = self.encode_video_now(path, sampling, None, progress)?;
         let entry = CachedVideo {
             rows: media.rows.clone(),
             n_embd,
@@ -393,13 +400,17 @@ impl Session {
         Ok(media)
     }
 
-    fn encode_video_now(&mut self, path: &Path, sampling: &Sampling, progress: &mut dyn FnMut(MediaPhase, usize, usize)) -> Result<Media> {
+    fn encode_video_now(&mut self, path: &Path, sampling: &Sampling, ttm_k: Option<f64>, progress: &mut dyn FnMut(MediaPhase, usize, usize)) -> Result<Media> {
         let start = Instant::now();
         let video = media::load_video(path, sampling, self.options.n_threads, &mut |d, t| progress(MediaPhase::Decoding, d, t))?;
         let decode_time = start.elapsed();
         let start = Instant::now();
         let ctx = self.vision_context()?;
-        let mut rows = ctx.encode_video(&video.frames, &mut |d, t| progress(MediaPhase::Encoding, d, t))?;
+        let encoded = ctx.encode_video(&video.frames, ttm_k, &mut |d, t| {
+            progress(MediaPhase::Encoding, d, t);
+            true
+        })?;
+        let mut rows = encoded.rows;
         rows.extend_from_slice(ctx.model().newline());
         let tokens_per_frame = ctx.model().params().tokens_per_frame();
         self.media_counters.vision_encodes += 1;
@@ -409,7 +420,7 @@ impl Session {
             key: rows_key(&rows),
             rows,
             tokens_before_ttm: video.frames.len() * tokens_per_frame,
-            ttm_kept: None,
+            ttm_kept: encoded.kept,
             frames: video.frames.len(),
             tokens_per_frame,
             frame_indices: video.indices,
@@ -427,8 +438,10 @@ impl Session {
         let decode_time = start.elapsed();
         let start = Instant::now();
         let ctx = self.vision_context()?;
-        let rows = ctx.encode_image(&image, &mut |d, t| progress(MediaPhase::Encoding, d, t))?;
-        let crops = 1 + crate::vision::preprocess::anyres_grid(&image, &ctx.model().params().pinpoints, ctx.model().params().tower.image_size as u32);
+        let (rows, crops) = ctx.encode_image(&image, &mut |d, t| {
+            progress(MediaPhase::Encoding, d, t);
+            true
+        })?;
         self.media_counters.vision_encodes += 1;
         Ok(Media {
             kind: MediaKind::Image,
