@@ -2,6 +2,12 @@
 
 use crate::ggml::{Context, Tensor};
 
+/// Names a layer's intermediate `"{name}-{il}"` (llama.cpp's convention), so that graph listings
+/// and activation dumps (`DYCOKE_DUMP_DIR`) can be compared with a reference layer by layer.
+pub fn name_layer(g: &mut Context, t: &Tensor, name: &str, il: usize) {
+    g.set_name(t, &format!("{name}-{il}"));
+}
+
 /// RMSNorm over the first dimension, then the learned scale (computed in F32, as HF and llama.cpp).
 pub fn rms_norm(g: &mut Context, x: &Tensor, weight: &Tensor, eps: f32) -> Tensor {
     let n = g.rms_norm(x, eps);

@@ -10,8 +10,9 @@ use std::sync::Arc;
 
 use common::llava::{converted, dir, f32_array, manifest, rel_err};
 use dycoke::compress::dynamic_prune::DynamicPruning;
-use dycoke::compress::ttm::Kept;
+use dycoke::compress::ttm::{self, Kept};
 use dycoke::compress::{Compression, DpSettings, TtmSettings};
+use dycoke::ggml::Device;
 use dycoke::gguf::GgmlType;
 use dycoke::llm::kv_cache::KvType;
 use dycoke::llm::{LlmContext, LlmOptions, Segment};
@@ -19,6 +20,8 @@ use dycoke::prompt::{self, MediaKind, Piece};
 use dycoke::encoder::{EncodedMedia, Layout, VideoLayout};
 use dycoke::progress;
 use dycoke::tokenizer::ChatMessage;
+use dycoke::vision::{VisionContext, VisionModel};
+use dycoke::weights::Placement;
 use dycoke::{Conversation, ConversationOptions, Error, Model, ModelOptions, SessionOptions, Setting};
 
 // ---- TTM against the reference -------------------------------------------------------------------
@@ -104,6 +107,53 @@ fn ttm_end_to_end_from_the_file_matches_the_reference() {
     eprintln!("TTM end to end: logits relative error {e:.2e}");
     assert!(e < 1e-3, "{e:.2e}");
     assert_eq!(common::argmax(got), common::argmax(&want));
+}
+
+/// TTM as a node of the vision graph and TTM on the host (for cached or saved embeddings) agree
+/// exactly on the same pooled rows: the same kept sets, bit-identical rows. Ten frames in graphs
+/// of four: the last chunk is smaller and ends in a partial window.
+#[test]
+fn ttm_in_the_vision_graph_equals_ttm_on_the_host() {
+    let (_, mmproj) = converted(GgmlType::F32);
+    let model = VisionModel::load(&mmproj, Placement::cpu()).unwrap();
+    let mut ctx = VisionContext::new(model, Device::cpu(), 2, 4).unwrap();
+    let sampling = dycoke::media::Sampling::new(dycoke::media::FrameSelection::Count(10), 64).unwrap();
+    let frames = dycoke::media::load_video(&dir().join("clip.mp4"), &sampling, 2, &mut |_, _| true).unwrap().frames;
+    assert_eq!(frames.len(), 10);
+    let p = ctx.model().params().clone();
+    let (n, dim) = (p.tokens_per_frame(), p.out_dim);
+
+    let mut seen = Vec::new();
+    let plain = ctx.encode_video(&frames, None, &mut |d, t| {
+        seen.push((d, t));
+        true
+    });
+    let plain = plain.unwrap();
+    assert_eq!(seen, [(4, 10), (8, 10), (10, 10)], "progress counts frames, a chunk at a time");
+    assert_eq!(plain.kept, None);
+    assert_eq!(plain.rows.len(), 10 * n * dim);
+    let host = ttm::apply(&plain.rows, 10, n, dim, 0.7).unwrap();
+
+    let in_graph = ctx.encode_video(&frames, Some(0.7), &mut |_, _| true).unwrap();
+    assert_eq!(in_graph.kept.as_ref(), Some(&host.kept), "kept sets");
+    assert_eq!(in_graph.kept.as_ref().unwrap().len(), 10);
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&in_graph.rows), bits(&host.rows), "surviving rows");
+    assert_eq!(in_graph.rows.len(), ttm::kept_count(10, n, 0.7) * dim);
+    // Again, through the kept graphs: the same result.
+    assert_eq!(ctx.encode_video(&frames, Some(0.7), &mut |_, _| true).unwrap(), in_graph);
+
+    // Progress can stop the work after a chunk.
+    let mut calls = 0;
+    let stopped = ctx.encode_video(&frames, Some(0.7), &mut |_, _| {
+        calls += 1;
+        false
+    });
+    assert!(matches!(stopped, Err(dycoke::Error::Cancelled)), "{stopped:?}");
+    assert_eq!(calls, 1);
+    for bad in [1.0, -0.1, f64::NAN] {
+        assert!(ctx.encode_video(&frames, Some(bad), &mut |_, _| true).is_err(), "k = {bad}");
+    }
 }
 
 // ---- the CLI: presets and exactness --------------------------------------------------------------

@@ -12,13 +12,18 @@
 //! Where the reference code differs (it skips the last window, drops the last frame of an odd
 //! count, and emits survivors in similarity order), this follows the paper; see
 //! shared/spec/dycoke.md and models.md.
+//!
+//! The selection rule (`select`) is a plain function. In the vision graph it runs as a host
+//! operation right after pooling (`build`) that outputs the kept rows' indices, and a row gather
+//! picks the survivors there, so pooled rows come back to the host once, already compressed.
+//! `apply` does the same on rows already on the host (cached or saved embeddings).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use super::cosine;
 use crate::error::{Error, Result};
 use crate::ggml::custom::{HostOp, OpInput, OpOutput};
-use crate::ggml::{Backend, Context, Scheduler};
+use crate::ggml::{Context, Tensor};
 use crate::gguf::GgmlType;
 
 /// What a frame keeps.
@@ -105,22 +110,63 @@ pub fn gather(x: &[f32], n: usize, dim: usize, kept: &[Kept], out: &mut [f32]) {
     assert_eq!(at, out.len(), "TTM output size");
 }
 
-/// TTM as a graph operation: pooled frame tokens F32 [dim, n * frames] -> survivors F32
-/// [dim, kept_count]. The selection it made is kept for the caller.
-struct TtmOp {
+/// The kept rows' indices into `x`'s rows (frame f, position j is row f * n + j), frame by frame,
+/// each frame's survivors in spatial order: the order `gather` writes them in.
+pub fn kept_rows(kept: &[Kept], n: usize) -> Vec<i32> {
+    let mut rows = Vec::new();
+    for (f, keep) in kept.iter().enumerate() {
+        match keep {
+            Kept::All => rows.extend((0..n).map(|j| (f * n + j) as i32)),
+            Kept::Positions(p) => rows.extend(p.iter().map(|&j| (f * n + j) as i32)),
+        }
+    }
+    rows
+}
+
+/// The selection back from `kept_rows`' indices for `frames` frames of `n` tokens: a frame that
+/// keeps all its positions is `Kept::All`, as `select` says of it. None when the indices are not
+/// ascending rows of those frames.
+pub fn kept_from_rows(rows: &[i32], frames: usize, n: usize) -> Option<Vec<Kept>> {
+    let mut positions = vec![Vec::new(); frames];
+    let mut last = -1i64;
+    for &r in rows {
+        let r64 = i64::from(r);
+        if r64 <= last || r64 >= (frames * n) as i64 {
+            return None;
+        }
+        last = r64;
+        positions[r as usize / n].push(r as usize % n);
+    }
+    Some(positions.into_iter().map(|p| if p.len() == n { Kept::All } else { Kept::Positions(p) }).collect())
+}
+
+/// The selection as a graph operation: pooled frame tokens F32 [dim, n * frames] -> the kept rows'
+/// indices I32 [kept_count] (see `kept_rows`).
+struct TtmSelect {
     frames: usize,
     n: usize,
     dim: usize,
     k: f64,
-    kept: Mutex<Vec<Kept>>,
 }
 
-impl HostOp for TtmOp {
+impl HostOp for TtmSelect {
     fn run(&self, inputs: &[OpInput], output: &mut OpOutput) {
         let kept = select(inputs[0].f32(), self.frames, self.n, self.dim, self.k);
-        gather(inputs[0].f32(), self.n, self.dim, &kept, output.f32_mut());
-        *self.kept.lock().unwrap_or_else(|e| e.into_inner()) = kept;
+        output.i32_mut().copy_from_slice(&kept_rows(&kept, self.n));
     }
+}
+
+/// TTM as nodes of a graph: `pooled` F32 [dim, n * frames] (contiguous; frame 0 must be the first
+/// of a window of four) -> (survivors F32 [dim, kept_count], their row indices I32 [kept_count]).
+/// The selection runs on the host; the gather runs wherever the pooled rows are.
+pub fn build(g: &mut Context, pooled: &Tensor, frames: usize, n: usize, k: f64) -> (Tensor, Tensor) {
+    let dim = pooled.ne()[0];
+    let op = Arc::new(TtmSelect { frames, n, dim: dim as usize, k });
+    let idx = g.host_op(GgmlType::I32, [kept_count(frames, n, k) as i64, 1, 1, 1], &[pooled], op);
+    g.set_name(&idx, "v_ttm_rows");
+    let rows = g.get_rows(pooled, &idx);
+    g.set_name(&rows, "v_ttm_out");
+    (rows, idx)
 }
 
 /// The result of TTM on a video.
@@ -132,33 +178,23 @@ pub struct TtmOutput {
     pub kept: Vec<Kept>,
 }
 
-/// Runs TTM on `frames` frames of `n` pooled tokens of `dim` values (`pooled` is
-/// [frame][position][dim], the newline not included) as a one-node ggml graph on the CPU.
+/// TTM on the host, on `frames` frames of `n` pooled tokens of `dim` values (`pooled` is
+/// [frame][position][dim], the newline not included), for rows that are already there (an
+/// embedding cache, a features file). The vision graph's TTM node gives the same rows and kept sets.
 pub fn apply(pooled: &[f32], frames: usize, n: usize, dim: usize, k: f64) -> Result<TtmOutput> {
     if frames == 0 || n == 0 || dim == 0 || pooled.len() != frames * n * dim {
         return Err(Error::invalid("TTM input", format!("{} values are not {frames} frames of {n} tokens of {dim}", pooled.len())));
     }
-    let out_rows = kept_count(frames, n, k);
-    let op = Arc::new(TtmOp { frames, n, dim, k, kept: Mutex::new(Vec::new()) });
-    let mut g = Context::new(4, 8);
-    let input = g.input("ttm_in", GgmlType::F32, &[dim as i64, (frames * n) as i64]);
-    let out = g.host_op(GgmlType::F32, [dim as i64, out_rows as i64, 1, 1], &[&input], op.clone());
-    g.set_name(&out, "ttm_out");
-    g.set_output(&out);
-    let mut graph = g.new_graph(8);
-    graph.expand(&out);
-    let mut sched = Scheduler::new(vec![Backend::cpu(1)], 8);
-    sched.alloc(&graph, &g)?;
-    input.write_f32(pooled);
-    sched.compute(&graph)?;
-    let rows = out.read_f32();
-    let kept = std::mem::take(&mut *op.kept.lock().unwrap_or_else(|e| e.into_inner()));
+    let kept = select(pooled, frames, n, dim, k);
+    let mut rows = vec![0.0; kept_count(frames, n, k) * dim];
+    gather(pooled, n, dim, &kept, &mut rows);
     Ok(TtmOutput { rows, kept })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ggml::{Backend, Scheduler};
 
     /// Frame f, position j: a vector that turns with `angle(f, j)`.
     fn frames(n_frames: usize, n: usize, angle: impl Fn(usize, usize) -> f32) -> Vec<f32> {
@@ -240,14 +276,41 @@ mod tests {
     }
 
     #[test]
-    fn the_graph_operation_equals_the_plain_function() {
-        let x = frames(6, 9, |f, j| ((f * 7 + j * 3) % 11) as f32 * 0.37);
-        let kept = select(&x, 6, 9, 3, 0.6);
-        let mut expected = vec![0.0; kept_count(6, 9, 0.6) * 3];
-        gather(&x, 9, 3, &kept, &mut expected);
-        let out = apply(&x, 6, 9, 3, 0.6).unwrap();
-        assert_eq!(out.kept, kept);
-        assert_eq!(out.rows, expected);
-        assert!(apply(&x, 5, 9, 3, 0.6).is_err());
+    fn the_graph_nodes_equal_the_host_function() {
+        let (n_frames, n, dim, k) = (6, 9, 3, 0.6);
+        let x = frames(n_frames, n, |f, j| ((f * 7 + j * 3) % 11) as f32 * 0.37);
+        let mut g = Context::new(8, 8);
+        let input = g.input("ttm_in", GgmlType::F32, &[dim as i64, (n_frames * n) as i64]);
+        let (rows, idx) = build(&mut g, &input, n_frames, n, k);
+        g.set_output(&rows);
+        g.set_output(&idx);
+        let mut graph = g.new_graph(8);
+        graph.expand(&rows);
+        let mut sched = Scheduler::new(vec![Backend::cpu(1)], 8);
+        sched.alloc(&graph, &g).unwrap();
+        input.write_f32(&x);
+        sched.compute(&graph).unwrap();
+        let want = apply(&x, n_frames, n, dim, k).unwrap();
+        assert_eq!(want.kept, select(&x, n_frames, n, dim, k));
+        assert_eq!(rows.read_f32(), want.rows);
+        let idx: Vec<i32> = idx.read_bytes().chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().unwrap())).collect();
+        assert_eq!(idx, kept_rows(&want.kept, n));
+        assert_eq!(kept_from_rows(&idx, n_frames, n), Some(want.kept));
+        assert!(apply(&x, 5, n, dim, k).is_err());
+    }
+
+    #[test]
+    fn row_indices_round_trip_and_reject_what_is_not_a_selection() {
+        let kept = vec![Kept::All, Kept::Positions(vec![1, 3]), Kept::Positions(vec![]), Kept::Positions(vec![0, 1, 2, 3])];
+        let rows = kept_rows(&kept, 4);
+        assert_eq!(rows, [0, 1, 2, 3, 5, 7, 12, 13, 14, 15]);
+        // A frame keeping every position is "All", as `select` reports it.
+        let back = kept_from_rows(&rows, 4, 4).unwrap();
+        assert_eq!(back[..3], kept[..3]);
+        assert_eq!(back[3], Kept::All);
+        assert_eq!(kept_from_rows(&[0, 0], 1, 4), None);
+        assert_eq!(kept_from_rows(&[2, 1], 1, 4), None);
+        assert_eq!(kept_from_rows(&[4], 1, 4), None);
+        assert_eq!(kept_from_rows(&[-1], 1, 4), None);
     }
 }

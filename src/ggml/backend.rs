@@ -432,6 +432,16 @@ impl Scheduler {
         unsafe { sys::ggml_backend_sched_get_n_splits(self.inner.ptr.as_ptr()) }
     }
 
+    /// Writes named activations to files as graphs compute, when `DYCOKE_DUMP_DIR` asks for it
+    /// (see the `dump` module); otherwise does nothing.
+    pub fn dump_activations_from_env(&mut self) {
+        if super::dump::enabled() {
+            // SAFETY: valid scheduler; the callback matches ggml_backend_sched_eval_callback, keeps
+            // no pointer past a call and needs no user data.
+            unsafe { sys::ggml_backend_sched_set_eval_callback(self.inner.ptr.as_ptr(), Some(super::dump::eval_callback), std::ptr::null_mut()) }
+        }
+    }
+
     /// Pins a node to a backend (used to keep layers on the CPU when not offloaded).
     pub fn set_tensor_backend(&mut self, t: &Tensor, backend: usize) {
         // SAFETY: valid node and backend index.

@@ -3,6 +3,7 @@
 mod backend;
 mod context;
 pub mod custom;
+mod dump;
 mod mapped;
 pub mod reference;
 

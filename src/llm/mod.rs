@@ -144,7 +144,8 @@ impl LlmContext {
         let buft = opts.device.buffer_type();
         let shape = KvShape { n_layer: p.n_layer, n_head_kv: p.n_head_kv, head_dim: p.head_dim };
         let cache = KvCache::new(shape, opts.n_ctx, opts.kv_type, buft)?;
-        let sched = Scheduler::new(backends, model.max_graph_nodes());
+        let mut sched = Scheduler::new(backends, model.max_graph_nodes());
+        sched.dump_activations_from_env();
         let mut ctx = LlmContext {
             model,
             cache,

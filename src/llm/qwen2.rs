@@ -240,18 +240,24 @@ impl Qwen2 {
         for (il, layer) in self.layers.iter().enumerate() {
             let residual = x.clone();
             let cur = nn::rms_norm(g, &x, &layer.attn_norm, p.rms_eps);
+            nn::name_layer(g, &cur, "attn_norm", il);
 
             let q = nn::linear(g, &cur, &layer.wq, Some(&layer.bq));
             let k = nn::linear(g, &cur, &layer.wk, Some(&layer.bk));
             let v = nn::linear(g, &cur, &layer.wv, Some(&layer.bv));
+            nn::name_layer(g, &v, "Vcur", il);
             let q = g.reshape(&q, &[p.head_dim as i64, p.n_head as i64, n_tokens]);
             let k = g.reshape(&k, &[p.head_dim as i64, p.n_head_kv as i64, n_tokens]);
             let q = g.rope_ext(&q, &inp.pos, &rope);
             let k = g.rope_ext(&k, &inp.pos, &rope);
+            nn::name_layer(g, &q, "Qcur", il);
+            nn::name_layer(g, &k, "Kcur", il);
 
             let k = g.reshape(&k, &[p.n_embd_kv() as i64, n_tokens]);
             let a = attn.attend(g, il, &q, &k, &v, scale);
+            nn::name_layer(g, &a, "kqv_out", il);
             let mut cur = g.mul_mat(&layer.wo, &a);
+            nn::name_layer(g, &cur, "attn_out", il);
 
             let mut residual = residual;
             if let (true, Some(ids)) = (il == p.n_layer - 1, &inp.out_ids) {
@@ -260,11 +266,16 @@ impl Qwen2 {
                 residual = g.get_rows(&residual, ids);
             }
             let ffn_in = g.add(&cur, &residual);
+            nn::name_layer(g, &ffn_in, "ffn_inp", il);
             let h = nn::rms_norm(g, &ffn_in, &layer.ffn_norm, p.rms_eps);
+            nn::name_layer(g, &h, "ffn_norm", il);
             let h = nn::swiglu_ffn(g, &h, &layer.ffn_gate, &layer.ffn_up, &layer.ffn_down);
+            nn::name_layer(g, &h, "ffn_out", il);
             x = g.add(&h, &ffn_in);
+            nn::name_layer(g, &x, "l_out", il);
         }
         let x = nn::rms_norm(g, &x, &self.output_norm, p.rms_eps);
+        g.set_name(&x, "result_norm");
         g.mul_mat(&self.output, &x)
     }
 

@@ -9,7 +9,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::ggml::{Backend, Context, Device, DeviceKind, Scheduler};
+use crate::compress::ttm::{self, Kept};
+use crate::ggml::{Backend, Context, Device, DeviceKind, Graph, Scheduler, Tensor};
 use crate::gguf::names::{clip as keys, general};
 use crate::gguf::{GgmlType, GgufError, GgufFile};
 use crate::media::Frame;
@@ -175,31 +176,75 @@ pub enum Stage {
     Pooled,
 }
 
-/// A video's encoded frames.
-pub struct EncodedFrames {
-    /// [tokens][out_dim]: every frame's pooled tokens, or those TTM kept; no newline.
-    pub rows: Vec<f32>,
-    /// What TTM kept of each frame, when it ran.
-    pub kept: Option<Vec<crate::compress::ttm::Kept>>,
+/// Nodes of the deepest vision graph (pixels to pooled rows through TTM) for a tower of `n_layer`
+/// blocks, with room to spare: a block builds about 30 nodes; patch embedding, projector, pooling
+/// and TTM fewer than 64 together.
+fn graph_nodes(n_layer: usize) -> usize {
+    n_layer * 48 + 64
 }
 
-/// A session's vision runner: its own backend and scheduler.
+/// What a graph computes: from which stage to which, for how many images, and TTM's prune ratio
+/// (its bits) when TTM follows pooling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct GraphShape {
+    from: Stage,
+    to: Stage,
+    n: usize,
+    ttm_k: Option<u64>,
+}
+
+/// A built graph with its input and outputs.
+struct VisionGraph {
+    shape: GraphShape,
+    ctx: Context,
+    graph: Graph,
+    input: Tensor,
+    output: Tensor,
+    /// TTM's kept row indices (I32), when the graph runs TTM.
+    kept_rows: Option<Tensor>,
+    /// Whether the scheduler holds this graph's tensors. Only the graph allocated last may run
+    /// again without a new allocation: ggml keeps the addresses a tensor got in its first one.
+    allocated: bool,
+}
+
+/// A video's frames through the vision model: pooled tokens, compressed by TTM when it ran.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EncodedFrames {
+    /// [tokens][out_dim], frame by frame (no newline).
+    pub rows: Vec<f32>,
+    /// What each frame kept, when TTM ran.
+    pub kept: Option<Vec<Kept>>,
+}
+
+/// A session's vision runner: its own backend and scheduler, reserved once for the largest graph,
+/// and the last graph built, reused while the chunks keep its shape.
 pub struct VisionContext {
     model: Arc<VisionModel>,
     sched: Scheduler,
     batch: usize,
+    graph: Option<VisionGraph>,
 }
 
 impl VisionContext {
-    /// `batch`: images per graph (more uses more memory, fewer graph launches).
+    /// `batch`: images per graph (more uses more memory, fewer graph launches), rounded up to a
+    /// multiple of 4 so that each of TTM's windows of four frames lies in one graph.
     pub fn new(model: Arc<VisionModel>, device: Device, n_threads: usize, batch: usize) -> Result<VisionContext> {
         let mut backends = Vec::new();
         if device.kind() != DeviceKind::Cpu {
             backends.push(Backend::new(device, n_threads).ok_or_else(|| Error::Device { name: device.name(), available: device.name() })?);
         }
         backends.push(Backend::cpu(n_threads));
-        let nodes = model.params.tower.n_layer * 48 + 64;
-        Ok(VisionContext { model, sched: Scheduler::new(backends, nodes), batch: batch.max(1) })
+        let nodes = graph_nodes(model.params.tower.n_layer);
+        let mut sched = Scheduler::new(backends, nodes);
+        sched.dump_activations_from_env();
+        let mut ctx = VisionContext { model, sched, batch: batch.max(1).next_multiple_of(4), graph: None };
+        // The worst case: a full batch from pixels through TTM keeping every row. Sizing the
+        // compute buffers now means no later chunk allocates more (and running out of memory shows
+        // up here, not mid-video).
+        let worst = ctx.build(GraphShape { from: Stage::Pixels, to: Stage::Pooled, n: ctx.batch, ttm_k: Some(0f64.to_bits()) });
+        ctx.sched.reserve(&worst.graph)?;
+        ctx.graph = Some(worst);
+        Ok(ctx)
     }
 
     pub fn model(&self) -> &Arc<VisionModel> {
@@ -218,47 +263,80 @@ impl VisionContext {
         }
     }
 
-    /// Runs `n` images from stage `from` to stage `to` (from < to) in one graph.
-    pub fn run(&mut self, from: Stage, to: Stage, input: &[f32], n: usize) -> Result<Vec<f32>> {
-        if from >= to || from == Stage::Pooled {
-            return Err(Error::invalid("vision stages", format!("cannot go from {from:?} to {to:?}")));
-        }
-        if input.len() != self.size_at(from) * n || n == 0 {
-            return Err(Error::invalid("vision input", format!("{} values for {n} images at {from:?}", input.len())));
-        }
+    fn build(&self, shape: GraphShape) -> VisionGraph {
         let model = self.model.clone();
         let p = &model.params;
         let t = &p.tower;
-        let nodes = t.n_layer * 48 + 64;
+        let GraphShape { from, to, n, ttm_k } = shape;
+        let nodes = graph_nodes(t.n_layer);
         let mut g = Context::new(nodes * 2, nodes);
         let (np, b) = (t.n_patches() as i64, n as i64);
-        let (inp, host): (_, Vec<f32>) = match from {
-            Stage::Pixels => {
-                let x = g.input("inp_patches", GgmlType::F32, &[t.patch_values() as i64, np * b]);
-                let per = self.size_at(Stage::Pixels);
-                let patches = input.chunks(per).flat_map(|chw| preprocess::patchify(chw, t.image_size, t.patch_size)).collect();
-                (x, patches)
-            }
-            Stage::Features => (g.input("inp_features", GgmlType::F32, &[t.hidden as i64, np, b]), input.to_vec()),
-            _ => (g.input("inp_projected", GgmlType::F32, &[p.out_dim as i64, np, b]), input.to_vec()),
+        let input = match from {
+            Stage::Pixels => g.input("inp_patches", GgmlType::F32, &[t.patch_values() as i64, np * b]),
+            Stage::Features => g.input("inp_features", GgmlType::F32, &[t.hidden as i64, np, b]),
+            _ => g.input("inp_projected", GgmlType::F32, &[p.out_dim as i64, np, b]),
         };
-        let mut x = inp.clone();
+        let mut x = input.clone();
         if from < Stage::Features {
             x = model.tower.build(&mut g, t, &x, n);
         }
         if from < Stage::Projected && to >= Stage::Projected {
             x = model.projector.build(&mut g, &x);
         }
+        let mut kept_rows = None;
         if to == Stage::Pooled {
             x = projector::build_pool(&mut g, &x, t.grid, p.pooled_side());
+            if let Some(k) = ttm_k {
+                let tokens = p.tokens_per_frame();
+                let flat = g.reshape(&x, &[p.out_dim as i64, (tokens * n) as i64]);
+                let (rows, idx) = ttm::build(&mut g, &flat, n, tokens, f64::from_bits(k));
+                g.set_output(&idx);
+                kept_rows = Some(idx);
+                x = rows;
+            }
         }
         g.set_output(&x);
         let mut graph = g.new_graph(nodes);
         graph.expand(&x);
-        self.sched.alloc(&graph, &g)?;
-        inp.write_f32(&host);
-        self.sched.compute(&graph)?;
-        Ok(x.read_f32())
+        VisionGraph { shape, ctx: g, graph, input, output: x, kept_rows, allocated: false }
+    }
+
+    /// Runs `n` images from stage `from` to stage `to` (from < to) in one graph.
+    pub fn run(&mut self, from: Stage, to: Stage, input: &[f32], n: usize) -> Result<Vec<f32>> {
+        Ok(self.run_graph(from, to, input, n, None)?.0)
+    }
+
+    /// As `run`, with TTM of prune ratio `ttm_k` after pooling (the images are consecutive frames,
+    /// the first one starting a window): the surviving rows and their indices.
+    fn run_graph(&mut self, from: Stage, to: Stage, input: &[f32], n: usize, ttm_k: Option<f64>) -> Result<(Vec<f32>, Option<Vec<i32>>)> {
+        if from >= to || from == Stage::Pooled {
+            return Err(Error::invalid("vision stages", format!("cannot go from {from:?} to {to:?}")));
+        }
+        if input.len() != self.size_at(from) * n || n == 0 {
+            return Err(Error::invalid("vision input", format!("{} values for {n} images at {from:?}", input.len())));
+        }
+        let shape = GraphShape { from, to, n, ttm_k: ttm_k.filter(|_| to == Stage::Pooled).map(f64::to_bits) };
+        let host: Vec<f32> = match from {
+            Stage::Pixels => {
+                let t = &self.model.params.tower;
+                input.chunks(self.size_at(Stage::Pixels)).flat_map(|chw| preprocess::patchify(chw, t.image_size, t.patch_size)).collect()
+            }
+            _ => input.to_vec(),
+        };
+        if self.graph.as_ref().map(|g| g.shape) != Some(shape) {
+            self.graph = Some(self.build(shape));
+        }
+        let VisionContext { sched, graph, .. } = self;
+        let vg = graph.as_mut().expect("built above");
+        if !vg.allocated {
+            sched.alloc(&vg.graph, &vg.ctx)?;
+            vg.allocated = true;
+        }
+        vg.input.write_f32(&host);
+        sched.compute(&vg.graph)?;
+        let rows = vg.output.read_f32();
+        let kept = vg.kept_rows.as_ref().map(|t| t.read_bytes().chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect());
+        Ok((rows, kept))
     }
 
     /// Normalized CHW pixels of frames squashed to the tower's input size.
@@ -268,38 +346,54 @@ impl VisionContext {
         frames.iter().flat_map(|f| preprocess::normalize(&preprocess::resize_bicubic(f, size, size), t.mean, t.std)).collect()
     }
 
-    /// A video's frames, projected and pooled: [frames * tokens_per_frame][out_dim] (the newline
-    /// is not included), compressed by TTM with prune ratio `ttm_k` when given.
-    /// `progress(done, total)` counts frames; returning false stops the work.
+    /// A video's frames, projected and pooled: [tokens][out_dim] (the newline is not included),
+    /// compressed by TTM with prune ratio `ttm_k` (in [0, 1)) when it is given. `progress(done,
+    /// total)` counts frames; when it returns false the work stops after that chunk with
+    /// `Error::Cancelled`.
     pub fn encode_video(&mut self, frames: &[Frame], ttm_k: Option<f64>, progress: &mut dyn FnMut(usize, usize) -> bool) -> Result<EncodedFrames> {
-        let mut out = Vec::with_capacity(frames.len() * self.size_at(Stage::Pooled));
-        for (i, chunk) in frames.chunks(self.batch).enumerate() {
+        if let Some(k) = ttm_k {
+            if !(0.0..1.0).contains(&k) {
+                return Err(Error::setting(crate::error::Setting::TtmK, format!("{k} is outside [0, 1)")));
+            }
+        }
+        let n = self.model.params.tokens_per_frame();
+        let mut out = EncodedFrames { rows: Vec::with_capacity(frames.len() * self.size_at(Stage::Pooled)), kept: ttm_k.map(|_| Vec::new()) };
+        let mut done = 0;
+        // Chunks start at multiples of 4 (the batch is one): TTM's windows never straddle two.
+        for chunk in frames.chunks(self.batch) {
             let pixels = self.frame_pixels(chunk);
-            out.extend(self.run(Stage::Pixels, Stage::Pooled, &pixels, chunk.len())?);
-            if !progress((i * self.batch + chunk.len()).min(frames.len()), frames.len()) {
+            let (rows, idx) = self.run_graph(Stage::Pixels, Stage::Pooled, &pixels, chunk.len(), ttm_k)?;
+            out.rows.extend(rows);
+            if let (Some(kept), Some(idx)) = (&mut out.kept, idx) {
+                let chunk_kept = ttm::kept_from_rows(&idx, chunk.len(), n).ok_or_else(|| Error::invalid("TTM output", "the row indices are not a selection"))?;
+                kept.extend(chunk_kept);
+            }
+            done += chunk.len();
+            if !progress(done, frames.len()) && done < frames.len() {
                 return Err(Error::Cancelled);
             }
         }
-        let Some(k) = ttm_k else { return Ok(EncodedFrames { rows: out, kept: None }) };
-        let t = crate::compress::ttm::apply(&out, frames.len(), self.model.params.tokens_per_frame(), self.model.params.out_dim, k)?;
-        Ok(EncodedFrames { rows: t.rows, kept: Some(t.kept) })
+        Ok(out)
     }
 
-    /// An image through the anyres path: [tokens][out_dim], newlines included.
+    /// An image through the anyres path: [tokens][out_dim], newlines included, and the number of
+    /// crops encoded. `progress(done, total)` counts crops and can stop the work as in
+    /// `encode_video`.
     pub fn encode_image(&mut self, image: &Frame, progress: &mut dyn FnMut(usize, usize) -> bool) -> Result<(Vec<f32>, usize)> {
         let p = self.model.params.clone();
         let t = &p.tower;
         let (crops, tiles) = preprocess::anyres_crops(image, &p.pinpoints, t.image_size as u32);
         let mut projected = Vec::with_capacity(crops.len() * self.size_at(Stage::Projected));
-        for (i, chunk) in crops.chunks(self.batch).enumerate() {
+        let mut done = 0;
+        for chunk in crops.chunks(self.batch) {
             let pixels: Vec<f32> = chunk.iter().flat_map(|c| preprocess::normalize(c, t.mean, t.std)).collect();
             projected.extend(self.run(Stage::Pixels, Stage::Projected, &pixels, chunk.len())?);
-            if !progress((i * self.batch + chunk.len()).min(crops.len()), crops.len()) {
+            done += chunk.len();
+            if !progress(done, crops.len()) && done < crops.len() {
                 return Err(Error::Cancelled);
             }
         }
-        let n_crops = crops.len();
-        Ok((projector::pack_anyres(
+        let rows = projector::pack_anyres(
             &projected,
             p.out_dim,
             t.grid,
@@ -307,6 +401,7 @@ impl VisionContext {
             (image.height as usize, image.width as usize),
             self.model.newline(),
             p.max_crops,
-        ), n_crops))
+        );
+        Ok((rows, crops.len()))
     }
 }

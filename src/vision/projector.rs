@@ -59,8 +59,12 @@ impl ProjectorWeights {
     /// [hidden, ...] -> [out_dim, ...]
     pub fn build(&self, g: &mut Context, features: &Tensor) -> Tensor {
         let x = nn::linear(g, features, &self.w1, Some(&self.b1));
+        g.set_name(&x, "v_mm_1");
         let x = g.gelu_erf(&x);
-        nn::linear(g, &x, &self.w2, Some(&self.b2))
+        g.set_name(&x, "v_mm_act");
+        let x = nn::linear(g, &x, &self.w2, Some(&self.b2));
+        g.set_name(&x, "v_projected");
+        x
     }
 }
 
@@ -74,7 +78,9 @@ pub fn build_pool(g: &mut Context, x: &Tensor, grid: usize, pooled: usize) -> Te
     let x = g.interpolate(&x, [pooled as i64, pooled as i64, d, b], ScaleMode::Bilinear);
     let x = g.permute(&x, [1, 2, 0, 3]); // [dim, column, row, frame]
     let x = g.cont(&x);
-    g.reshape(&x, &[d, (pooled * pooled) as i64, b])
+    let x = g.reshape(&x, &[d, (pooled * pooled) as i64, b]);
+    g.set_name(&x, "v_pooled");
+    x
 }
 
 /// torch's bilinear `interpolate` (align_corners=False, no antialias) of a CHW map, on the host.

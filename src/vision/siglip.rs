@@ -181,10 +181,12 @@ impl SiglipWeights {
         let x = nn::linear(g, patches, &kernel, Some(&self.patch_b));
         let x = g.reshape(&x, &[h, n, b]);
         let mut x = g.add(&x, &self.pos);
+        g.set_name(&x, "v_inp");
         let (hd, nh) = (p.head_dim() as i64, p.n_head as i64);
         let scale = 1.0 / (p.head_dim() as f32).sqrt();
-        for blk in &self.blocks {
+        for (il, blk) in self.blocks.iter().enumerate() {
             let cur = nn::layer_norm(g, &x, &blk.ln1_w, &blk.ln1_b, p.eps);
+            nn::name_layer(g, &cur, "v_attn_norm", il);
             let heads = |g: &mut Context, w: &Tensor, bias: &Tensor| {
                 let t = nn::linear(g, &cur, w, Some(bias));
                 let t = g.reshape(&t, &[hd, nh, n, b]);
@@ -197,12 +199,17 @@ impl SiglipWeights {
             let a = g.flash_attn_ext(&q, &k, &v, None, scale); // [hd, nh, n, b]
             let a = g.reshape(&a, &[h, n, b]);
             let a = nn::linear(g, &a, &blk.out_w, Some(&blk.out_b));
+            nn::name_layer(g, &a, "v_attn_out", il);
             x = g.add(&x, &a);
+            nn::name_layer(g, &x, "v_ffn_inp", il);
             let cur = nn::layer_norm(g, &x, &blk.ln2_w, &blk.ln2_b, p.eps);
+            nn::name_layer(g, &cur, "v_ffn_norm", il);
             let up = nn::linear(g, &cur, &blk.up_w, Some(&blk.up_b));
             let act = nn::gelu_tanh_precise(g, &up);
             let down = nn::linear(g, &act, &blk.down_w, Some(&blk.down_b));
+            nn::name_layer(g, &down, "v_ffn_out", il);
             x = g.add(&x, &down);
+            nn::name_layer(g, &x, "v_l_out", il);
         }
         x
     }

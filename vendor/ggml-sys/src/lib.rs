@@ -41,7 +41,8 @@ pub use llama_cpp_sys_2::{
     ggml_backend_name, ggml_backend_reg_get_proc_address, ggml_backend_sched,
     ggml_backend_sched_alloc_graph, ggml_backend_sched_free, ggml_backend_sched_get_buffer_size,
     ggml_backend_sched_get_n_splits, ggml_backend_sched_graph_compute, ggml_backend_sched_new,
-    ggml_backend_sched_reserve, ggml_backend_sched_reset, ggml_backend_sched_set_tensor_backend,
+    ggml_backend_sched_reserve, ggml_backend_sched_reset, ggml_backend_sched_set_eval_callback,
+    ggml_backend_sched_set_tensor_backend,
     ggml_backend_t, ggml_backend_tensor_alloc, ggml_backend_tensor_get, ggml_backend_tensor_set,
 };
 
