@@ -7,11 +7,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use dycoke::ggml::MappedFile;
-use dycoke::gguf::names::{clip, general, llm as llm_keys, tokenizer as tok_keys};
+use dycoke::gguf::names::{general, llm as llm_keys, tokenizer as tok_keys};
 use dycoke::gguf::{Array, GgmlType, GgufWriter};
 use serde_json::Value as Json;
 
-use crate::quantize::{encode_f32, storage_type};
+use crate::codec::{decode_to_f32, encode_f32};
+use crate::layout::{storage_type, vision_storage_type, write_clip_metadata, ClipMeta};
 
 /// Qwen2's ChatML template (string contents, default system prompt). The llava-hf template expects
 /// contents as lists of typed parts; the engine builds media prompts with plain strings.
@@ -135,7 +136,7 @@ impl Checkpoint {
             d => return Err(format!("tensor {name} has type {d:?}; only F32, F16 and BF16 checkpoints convert")),
         };
         let n = bytes.len() / (ty.block_bytes() as usize);
-        Ok(crate::quantize::decode_to_f32(ty, bytes, n))
+        Ok(decode_to_f32(ty, bytes, n))
     }
 }
 
@@ -324,75 +325,10 @@ fn mean_std(dir: &Path) -> Res<([f32; 3], [f32; 3])> {
     Ok(([0.5; 3], [0.5; 3]))
 }
 
-/// The metadata of an mmproj file.
-pub struct ClipMeta {
-    pub image_size: u32,
-    pub patch_size: u32,
-    pub hidden: u32,
-    pub ffn: u32,
-    pub blocks: u32,
-    pub heads: u32,
-    pub eps: f32,
-    pub mean: [f32; 3],
-    pub std: [f32; 3],
-    /// The language model's width.
-    pub out_dim: u32,
-    /// The features come after this many blocks.
-    pub feature_layer: i32,
-    /// Flattened (height, width) pairs; empty for LLaVA-OneVision's default set.
-    pub pinpoints: Vec<i32>,
-    pub aspect_ratio: String,
-}
-
-/// Writes the keys llama.cpp's clip.cpp reads and ours (see models.md).
-pub fn write_clip_metadata(v: &mut GgufWriter, m: &ClipMeta) {
-    v.set_str(general::ARCHITECTURE, clip::ARCH);
-    v.set_str(general::NAME, "LLaVA-OneVision vision model (SigLIP and projector)");
-    v.set_bool(clip::HAS_VISION_ENCODER, true);
-    v.set_bool(clip::HAS_LLAVA_PROJECTOR, true);
-    v.set_str(clip::PROJECTOR_TYPE, "mlp");
-    // clip.cpp picks GELU over GELU_QUICK with this; the exact activations are our keys below.
-    v.set_bool(clip::USE_GELU, true);
-    v.set_u32(clip::IMAGE_SIZE, m.image_size);
-    v.set_u32(clip::PATCH_SIZE, m.patch_size);
-    v.set_u32(clip::EMBEDDING_LENGTH, m.hidden);
-    v.set_u32(clip::FEED_FORWARD_LENGTH, m.ffn);
-    v.set_u32(clip::BLOCK_COUNT, m.blocks);
-    v.set_u32(clip::HEAD_COUNT, m.heads);
-    v.set_f32(clip::LAYER_NORM_EPS, m.eps);
-    v.set_array(clip::IMAGE_MEAN, Array::F32(m.mean.to_vec()));
-    v.set_array(clip::IMAGE_STD, Array::F32(m.std.to_vec()));
-    v.set_u32(clip::PROJECTION_DIM, m.out_dim);
-    v.set_array(clip::FEATURE_LAYER, Array::I32(vec![m.feature_layer]));
-    if !m.pinpoints.is_empty() {
-        v.set_array(clip::GRID_PINPOINTS, Array::I32(m.pinpoints.clone()));
-    }
-    v.set_str(clip::MERGE_TYPE, "spatial_unpad");
-    v.set_str(clip::ASPECT_RATIO, &m.aspect_ratio);
-    v.set_str(clip::VISION_ACT, "gelu_tanh");
-    v.set_str(clip::PROJECTOR_ACT, "gelu_erf");
-    v.set_str(clip::VIDEO_POOL_MODE, "bilinear");
-    v.set_u32(clip::VIDEO_POOL_STRIDE, 2);
-    v.set_str(clip::VIDEO_NEWLINE, "one_token");
-}
-
-/// The storage type of a vision tensor: matrices take `outtype` only where their rows allow it
-/// exactly (no fallback quantization), else F16; the patch embedding stays F16, or F32 in F32 files.
-pub fn vision_storage_type(name: &str, ne: &[u64], outtype: GgmlType) -> GgmlType {
-    let mut ty = storage_type(name, ne, outtype);
-    if ty != outtype && ty != GgmlType::F32 && ty != GgmlType::F16 {
-        ty = GgmlType::F16;
-    }
-    if name == clip::PATCH_EMBD && outtype == GgmlType::F32 {
-        ty = GgmlType::F32;
-    }
-    ty
-}
-
 /// Converts a checkpoint; `progress(done, total, tensor)` follows the tensors.
 pub fn convert(opts: &ConvertOptions, progress: &mut dyn FnMut(usize, usize, &str)) -> Res<ConvertReport> {
-    if !crate::quantize::TARGETS.contains(&opts.outtype) {
-        return Err(format!("unsupported output type {}; use one of {}", opts.outtype, crate::quantize::type_list()));
+    if !crate::layout::TARGETS.contains(&opts.outtype) {
+        return Err(format!("unsupported output type {}; use one of {}", opts.outtype, crate::layout::type_list()));
     }
     let dir = &opts.input;
     let config_path = dir.join("config.json");
@@ -451,7 +387,7 @@ pub fn convert(opts: &ConvertOptions, progress: &mut dyn FnMut(usize, usize, &st
     let arch = "qwen2";
     w.set_str(general::ARCHITECTURE, arch);
     w.set_str(general::NAME, &format!("LLaVA-OneVision language model ({})", dir.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
-    w.set_u32(general::FILE_TYPE, crate::random::file_type(opts.outtype));
+    w.set_u32(general::FILE_TYPE, crate::layout::file_type(opts.outtype));
     w.set_u32(general::QUANTIZATION_VERSION, 2);
     let k = |s: &str| llm_keys::key(arch, s);
     w.set_u32(&k(llm_keys::CONTEXT_LENGTH), text.uint("max_position_embeddings")? as u32);
