@@ -91,8 +91,11 @@ pub mod qwen2 {
     /// of the tensors outside the blocks, and what each becomes.
     const HF_GLOBAL: [(&str, &str); 3] = [("embed_tokens.weight", TOKEN_EMBD), ("norm.weight", OUTPUT_NORM), ("lm_head.weight", OUTPUT)];
 
+    /// A block tensor's GGUF name, given the block.
+    type BlockName = fn(usize) -> String;
+
     /// The same for each block's tensors (under `layers.{i}.`).
-    const HF_BLOCK: [(&str, fn(usize) -> String); 12] = [
+    const HF_BLOCK: [(&str, BlockName); 12] = [
         ("input_layernorm.weight", attn_norm),
         ("self_attn.q_proj.weight", attn_q),
         ("self_attn.q_proj.bias", attn_q_bias),
