@@ -146,6 +146,7 @@ impl SiglipWeights {
             let (fc1, fc2) = if swapped { (BlockPart::FfnDown, BlockPart::FfnUp) } else { (BlockPart::FfnUp, BlockPart::FfnDown) };
             let l = Some(i);
             let mut t = |part: BlockPart, param: Param, shape: &[u64]| {
+                // Matrices feed matrix products (any stored type); norms and biases must be F32.
                 let usage = if param == Weight && shape.len() == 2 { WeightUse::Matmul } else { WeightUse::Vector };
                 w.tensor(&name(part, param), shape, usage, l)
             };
