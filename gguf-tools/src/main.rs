@@ -91,8 +91,8 @@ enum Command {
 
 fn parse_type(s: &str) -> Result<GgmlType, String> {
     GgmlType::from_name(s)
-        .filter(|t| gguf_tools::quantize::TARGETS.contains(t))
-        .ok_or_else(|| format!("unknown type {s:?}; use one of {}", gguf_tools::quantize::type_list()))
+        .filter(|t| gguf_tools::layout::TARGETS.contains(t))
+        .ok_or_else(|| format!("unknown type {s:?}; use one of {}", gguf_tools::layout::type_list()))
 }
 
 fn run(cli: Cli) -> Result<(), String> {
@@ -127,7 +127,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 bar.set_message(name.to_string());
             });
             bar.finish_and_clear();
-            let report = report?;
+            let report = report.map_err(|e| e.to_string())?;
             eprintln!("wrote {} and {} ({} tensors, {})", report.llm.display(), report.mmproj.display(), report.tensors, outtype);
             Ok(())
         }

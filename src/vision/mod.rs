@@ -11,6 +11,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::compress::ttm::{self, Kept};
 use crate::ggml::{Backend, Context, Device, DeviceKind, Graph, Scheduler, Tensor};
+use crate::gguf::names::vision::Tensor as Name;
 use crate::gguf::names::{clip as keys, general};
 use crate::gguf::{GgmlType, GgufError, GgufFile};
 use crate::media::Frame;
@@ -122,12 +123,14 @@ impl VisionModel {
         let tower = SiglipWeights::load(&mut w, &tower_params)?;
         let projector = ProjectorWeights::load(&mut w, tower_params.hidden)?;
         let d = projector.out_dim as u64;
-        let newline_name = keys::NEWLINE.iter().find(|n| file.tensor(n).is_some()).copied().ok_or_else(|| {
-            file.error(GgufError::MissingTensor { tensor: "model.image_newline (or v.image_newline)".into() })
-        })?;
-        let info = file.require_tensor(newline_name, &[d])?;
+        let newline_name = Name::Newline
+            .names()
+            .into_iter()
+            .find(|n| file.tensor(n).is_some())
+            .ok_or_else(|| file.error(GgufError::MissingTensor { tensor: Name::Newline.describe() }))?;
+        let info = file.require_tensor(&newline_name, &[d])?;
         if info.ty != GgmlType::F32 {
-            return Err(file.error(GgufError::TensorType { tensor: newline_name.into(), found: info.ty.to_string(), expected: "F32".into() }));
+            return Err(file.error(GgufError::TensorType { tensor: newline_name, found: info.ty.to_string(), expected: "F32".into() }));
         }
         let mut newline = vec![0f32; d as usize];
         crate::ggml::dequantize(info.ty, file.tensor_data(info), &mut newline);

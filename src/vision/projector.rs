@@ -5,6 +5,7 @@
 use crate::error::Result;
 use crate::ggml::{Context, ScaleMode, Tensor};
 use crate::gguf::names::clip as keys;
+use crate::gguf::names::vision::{Param::Bias, Param::Weight, ProjLayer, Tensor as Name};
 use crate::gguf::{GgufError, GgufFile};
 use crate::nn;
 use crate::weights::{WeightLoader, WeightUse};
@@ -21,15 +22,15 @@ pub struct ProjectorWeights {
 impl ProjectorWeights {
     pub fn load(w: &mut WeightLoader, hidden: usize) -> Result<ProjectorWeights> {
         let file: &GgufFile = w.file();
-        let first = keys::MM_1.iter().find(|n| file.tensor(&format!("{n}.weight")).is_some()).copied().ok_or_else(|| {
-            file.error(GgufError::MissingTensor { tensor: "mm.0.weight (or mm.1.weight)".into() })
-        })?;
-        let out = file
-            .tensor(&format!("{}.weight", keys::MM_2))
-            .ok_or_else(|| file.error(GgufError::MissingTensor { tensor: format!("{}.weight", keys::MM_2) }))?;
+        let first = Name::Projector(ProjLayer::First, Weight);
+        // Which of the first layer's names the file uses; its bias goes by the same one.
+        let alias = first.names().iter().position(|n| file.tensor(n).is_some()).ok_or_else(|| file.error(GgufError::MissingTensor { tensor: first.describe() }))?;
+        let (w1_name, b1_name) = (first.names().swap_remove(alias), Name::Projector(ProjLayer::First, Bias).names().swap_remove(alias));
+        let (w2_name, b2_name) = (Name::Projector(ProjLayer::Second, Weight).name(), Name::Projector(ProjLayer::Second, Bias).name());
+        let out = file.tensor(&w2_name).ok_or_else(|| file.error(GgufError::MissingTensor { tensor: w2_name.clone() }))?;
         let d = out.shape.get(1).copied().unwrap_or(0);
         if d == 0 || d > 1 << 16 {
-            return Err(file.error(GgufError::TensorShape { tensor: format!("{}.weight", keys::MM_2), found: out.shape.clone(), expected: vec![d, d] }));
+            return Err(file.error(GgufError::TensorShape { tensor: w2_name, found: out.shape.clone(), expected: vec![d, d] }));
         }
         if let Some(pd) = file.get_int::<u64>(keys::PROJECTION_DIM)? {
             // 0 in legacy files; otherwise it states the language model's width.
@@ -48,10 +49,10 @@ impl ProjectorWeights {
         }
         let h = hidden as u64;
         Ok(ProjectorWeights {
-            w1: w.tensor(&format!("{first}.weight"), &[h, d], WeightUse::Matmul, None)?,
-            b1: w.tensor(&format!("{first}.bias"), &[d], WeightUse::Vector, None)?,
-            w2: w.tensor(&format!("{}.weight", keys::MM_2), &[d, d], WeightUse::Matmul, None)?,
-            b2: w.tensor(&format!("{}.bias", keys::MM_2), &[d], WeightUse::Vector, None)?,
+            w1: w.tensor(&w1_name, &[h, d], WeightUse::Matmul, None)?,
+            b1: w.tensor(&b1_name, &[d], WeightUse::Vector, None)?,
+            w2: w.tensor(&w2_name, &[d, d], WeightUse::Matmul, None)?,
+            b2: w.tensor(&b2_name, &[d], WeightUse::Vector, None)?,
             out_dim: d as usize,
         })
     }

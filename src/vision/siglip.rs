@@ -4,6 +4,7 @@
 use crate::error::{Error, Result};
 use crate::ggml::{Context, Tensor};
 use crate::gguf::names::clip as keys;
+use crate::gguf::names::vision::{BlockPart, Param, Param::Bias, Param::Weight, Tensor as Name};
 use crate::gguf::{GgmlType, GgufError, GgufFile};
 use crate::nn;
 use crate::weights::{WeightLoader, WeightUse};
@@ -129,41 +130,43 @@ pub struct SiglipWeights {
 impl SiglipWeights {
     pub fn load(w: &mut WeightLoader, p: &SiglipParams) -> Result<SiglipWeights> {
         let (h, ff, ps) = (p.hidden as u64, p.ffn as u64, p.patch_size as u64);
-        let patch_w = w.tensor(keys::PATCH_EMBD, &[ps, ps, 3, h], WeightUse::Matmul, None)?;
+        let patch_name = Name::PatchEmbd(Weight).name();
+        let patch_w = w.tensor(&patch_name, &[ps, ps, 3, h], WeightUse::Matmul, None)?;
         if !matches!(patch_w.ty(), GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16) {
-            return Err(w.file().error(GgufError::TensorType {
-                tensor: keys::PATCH_EMBD.into(),
-                found: patch_w.ty().to_string(),
-                expected: "F32, F16 or BF16".into(),
-            }));
+            return Err(w.file().error(GgufError::TensorType { tensor: patch_name, found: patch_w.ty().to_string(), expected: "F32, F16 or BF16".into() }));
         }
-        let patch_b = w.tensor(keys::PATCH_BIAS, &[h], WeightUse::Vector, None)?;
-        let pos = w.tensor(keys::POS_EMBD, &[h, p.n_patches() as u64], WeightUse::Exact(GgmlType::F32), None)?;
+        let patch_b = w.tensor(&Name::PatchEmbd(Bias).name(), &[h], WeightUse::Vector, None)?;
+        let pos = w.tensor(&Name::PosEmbd.name(), &[h, p.n_patches() as u64], WeightUse::Exact(GgmlType::F32), None)?;
         let mut blocks = Vec::with_capacity(p.n_layer);
         for i in 0..p.n_layer {
-            let b = |part: &str| keys::blk(i, part);
+            let name = |part: BlockPart, param: Param| Name::Block(i, part, param).name();
             // The legacy converter names fc1 ffn_down and fc2 ffn_up; clip.cpp swaps them back when
             // ffn_down's first dimension is the hidden size. So do we.
-            let swapped = w.file().tensor(&b("ffn_down.weight")).is_some_and(|t| t.shape.first() == Some(&h) && h != ff);
-            let (fc1, fc2) = if swapped { ("ffn_down", "ffn_up") } else { ("ffn_up", "ffn_down") };
+            let swapped = w.file().tensor(&name(BlockPart::FfnDown, Weight)).is_some_and(|t| t.shape.first() == Some(&h) && h != ff);
+            let (fc1, fc2) = if swapped { (BlockPart::FfnDown, BlockPart::FfnUp) } else { (BlockPart::FfnUp, BlockPart::FfnDown) };
             let l = Some(i);
+            let mut t = |part: BlockPart, param: Param, shape: &[u64]| {
+                // Matrices feed matrix products (any stored type); norms and biases must be F32.
+                let usage = if param == Weight && shape.len() == 2 { WeightUse::Matmul } else { WeightUse::Vector };
+                w.tensor(&name(part, param), shape, usage, l)
+            };
             blocks.push(Block {
-                ln1_w: w.tensor(&b("ln1.weight"), &[h], WeightUse::Vector, l)?,
-                ln1_b: w.tensor(&b("ln1.bias"), &[h], WeightUse::Vector, l)?,
-                q_w: w.tensor(&b("attn_q.weight"), &[h, h], WeightUse::Matmul, l)?,
-                q_b: w.tensor(&b("attn_q.bias"), &[h], WeightUse::Vector, l)?,
-                k_w: w.tensor(&b("attn_k.weight"), &[h, h], WeightUse::Matmul, l)?,
-                k_b: w.tensor(&b("attn_k.bias"), &[h], WeightUse::Vector, l)?,
-                v_w: w.tensor(&b("attn_v.weight"), &[h, h], WeightUse::Matmul, l)?,
-                v_b: w.tensor(&b("attn_v.bias"), &[h], WeightUse::Vector, l)?,
-                out_w: w.tensor(&b("attn_out.weight"), &[h, h], WeightUse::Matmul, l)?,
-                out_b: w.tensor(&b("attn_out.bias"), &[h], WeightUse::Vector, l)?,
-                ln2_w: w.tensor(&b("ln2.weight"), &[h], WeightUse::Vector, l)?,
-                ln2_b: w.tensor(&b("ln2.bias"), &[h], WeightUse::Vector, l)?,
-                up_w: w.tensor(&b(&format!("{fc1}.weight")), &[h, ff], WeightUse::Matmul, l)?,
-                up_b: w.tensor(&b(&format!("{fc1}.bias")), &[ff], WeightUse::Vector, l)?,
-                down_w: w.tensor(&b(&format!("{fc2}.weight")), &[ff, h], WeightUse::Matmul, l)?,
-                down_b: w.tensor(&b(&format!("{fc2}.bias")), &[h], WeightUse::Vector, l)?,
+                ln1_w: t(BlockPart::Ln1, Weight, &[h])?,
+                ln1_b: t(BlockPart::Ln1, Bias, &[h])?,
+                q_w: t(BlockPart::AttnQ, Weight, &[h, h])?,
+                q_b: t(BlockPart::AttnQ, Bias, &[h])?,
+                k_w: t(BlockPart::AttnK, Weight, &[h, h])?,
+                k_b: t(BlockPart::AttnK, Bias, &[h])?,
+                v_w: t(BlockPart::AttnV, Weight, &[h, h])?,
+                v_b: t(BlockPart::AttnV, Bias, &[h])?,
+                out_w: t(BlockPart::AttnOut, Weight, &[h, h])?,
+                out_b: t(BlockPart::AttnOut, Bias, &[h])?,
+                ln2_w: t(BlockPart::Ln2, Weight, &[h])?,
+                ln2_b: t(BlockPart::Ln2, Bias, &[h])?,
+                up_w: t(fc1, Weight, &[h, ff])?,
+                up_b: t(fc1, Bias, &[ff])?,
+                down_w: t(fc2, Weight, &[ff, h])?,
+                down_b: t(fc2, Bias, &[h])?,
             });
         }
         if blocks.is_empty() {
