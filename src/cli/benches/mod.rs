@@ -190,6 +190,7 @@ pub mod video;
 // ---- vision ------------------------------------------------------------------------------------
 
 use dycoke::ggml::{Backend, Context as GraphContext, Device, Scheduler};
+use dycoke::gguf::names::vision::{BlockPart, Param, Tensor as VisionTensor};
 use dycoke::gguf::GgmlType;
 use dycoke::vision::{Stage, VisionContext, VisionModel};
 use dycoke::weights::Placement;
@@ -242,31 +243,36 @@ pub fn vision_flops_per_frame(m: &VisionModel) -> f64 {
     t.n_layer as f64 * per_block + patch + projector
 }
 
+/// The name of a weight matrix of the tower's first block.
+fn block0(part: BlockPart) -> String {
+    VisionTensor::Block(0, part, Param::Weight).name()
+}
+
 /// The type of the tower's matrices in a vision GGUF (for the report).
 fn tower_type(file: &dycoke::gguf::GgufFile) -> GgmlType {
-    file.tensor("v.blk.0.attn_q.weight").map_or(GgmlType::F32, |t| t.ty)
+    file.tensor(&block0(BlockPart::AttnQ)).map_or(GgmlType::F32, |t| t.ty)
 }
 
 /// Measures the throughput of the tower's matrix products alone: one block's six products over
 /// `rows` patches, with weights of the file's types, repeated `repeat` times in one graph.
 fn matmul_gflops(file: &dycoke::gguf::GgufFile, hidden: usize, ffn: usize, rows: usize, threads: usize) -> Result<f64> {
     let mut g = GraphContext::new(64, 64);
-    let ty = |name: &str| file.tensor(name).map_or(GgmlType::F16, |t| t.ty);
+    let ty = |part: BlockPart| file.tensor(&block0(part)).map_or(GgmlType::F16, |t| t.ty);
     let shapes = [
-        ("v.blk.0.attn_q.weight", hidden, hidden),
-        ("v.blk.0.attn_k.weight", hidden, hidden),
-        ("v.blk.0.attn_v.weight", hidden, hidden),
-        ("v.blk.0.attn_out.weight", hidden, hidden),
-        ("v.blk.0.ffn_up.weight", hidden, ffn),
-        ("v.blk.0.ffn_down.weight", ffn, hidden),
+        (BlockPart::AttnQ, hidden, hidden),
+        (BlockPart::AttnK, hidden, hidden),
+        (BlockPart::AttnV, hidden, hidden),
+        (BlockPart::AttnOut, hidden, hidden),
+        (BlockPart::FfnUp, hidden, ffn),
+        (BlockPart::FfnDown, ffn, hidden),
     ];
     let mut weights = Vec::new();
     let mut outs = Vec::new();
     let x_h = g.input("x_hidden", GgmlType::F32, &[hidden as i64, rows as i64]);
     let x_f = g.input("x_ffn", GgmlType::F32, &[ffn as i64, rows as i64]);
     let mut flops = 0.0;
-    for (name, k, m) in shapes {
-        let w = g.new_tensor(ty(name), &[k as i64, m as i64]);
+    for (part, k, m) in shapes {
+        let w = g.new_tensor(ty(part), &[k as i64, m as i64]);
         g.set_input(&w);
         let x = if k == hidden { &x_h } else { &x_f };
         let y = g.mul_mat(&w, x);
