@@ -2,15 +2,13 @@
 
 use std::path::PathBuf;
 
-use crate::gguf::GgufError;
-
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A GGUF file is unreadable or does not describe the model it should.
-    #[error("{}: {source}", path.display())]
-    Gguf { path: PathBuf, source: GgufError },
+    #[error(transparent)]
+    Gguf(#[from] crate::gguf::Error),
 
     /// A parameter is outside its valid range.
     #[error("invalid {name}: {message}")]

@@ -12,7 +12,7 @@ use common::llava::{converted, dir, f32_array, manifest, rel_err};
 use dycoke::compress::dynamic_prune::DynamicPruning;
 use dycoke::compress::ttm::Kept;
 use dycoke::compress::{Compression, DpSettings, TtmSettings};
-use dycoke::gguf::GgmlType;
+use dycoke::ggml::GgmlType;
 use dycoke::llm::kv_cache::KvType;
 use dycoke::llm::{LlmContext, LlmOptions, Segment};
 use dycoke::prompt::{self, MediaKind, Piece};

@@ -7,7 +7,8 @@ mod common;
 use std::path::Path;
 
 use dycoke::ggml::reference::gguf_dump;
-use dycoke::gguf::{parse, Array, GgmlType, GgufFile, GgufWriter, Value};
+use dycoke::ggml::GgmlType;
+use dycoke::gguf::{parse, Array, GgufFile, GgufWriter, Value};
 
 fn cross_check(path: &Path) {
     let ours = GgufFile::open(path).unwrap();

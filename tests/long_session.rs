@@ -8,7 +8,7 @@
 mod common;
 
 use dycoke::conversation::Conversation;
-use dycoke::gguf::GgmlType;
+use dycoke::ggml::GgmlType;
 use dycoke::media::{FrameSelection, Sampling};
 use dycoke::{Error, GenerateParams, Model, ModelOptions, Session, SessionOptions};
 

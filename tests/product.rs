@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use dycoke::cache::EmbeddingCache;
 use dycoke::conversation::{Answer, Conversation};
-use dycoke::gguf::GgmlType;
+use dycoke::ggml::GgmlType;
 use dycoke::media::{FrameSelection, Sampling};
 use dycoke::{GenerateParams, Model, ModelOptions, Session, SessionOptions};
 

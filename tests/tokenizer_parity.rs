@@ -7,7 +7,8 @@ mod common;
 use std::path::Path;
 
 use dycoke::ggml::reference::RefModel;
-use dycoke::gguf::{GgmlType, GgufFile};
+use dycoke::ggml::GgmlType;
+use dycoke::gguf::GgufFile;
 use dycoke::tokenizer::Tokenizer;
 
 fn check_vocab(path: &Path) {

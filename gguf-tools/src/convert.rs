@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use dycoke::ggml::MappedFile;
 use dycoke::gguf::names::{clip, general, llm as llm_keys, tokenizer as tok_keys};
-use dycoke::gguf::{Array, GgmlType, GgufWriter};
+use dycoke::ggml::GgmlType;
+use dycoke::gguf::{Array, GgufWriter};
 use serde_json::Value as Json;
 
 use crate::quantize::{encode_f32, storage_type};

@@ -3,7 +3,8 @@
 use std::path::Path;
 
 use dycoke::gguf::names::general;
-use dycoke::gguf::{GgmlType, GgufFile, GgufWriter, Value};
+use dycoke::ggml::GgmlType;
+use dycoke::gguf::{GgufFile, GgufWriter, Value};
 
 /// The types `quantize` and `convert` write weight matrices in.
 pub const TARGETS: &[GgmlType] = &[

@@ -3,7 +3,8 @@
 use std::path::Path;
 
 use dycoke::gguf::names::{general, llm as keys, qwen2 as names};
-use dycoke::gguf::{GgmlType, GgufWriter};
+use dycoke::ggml::GgmlType;
+use dycoke::gguf::GgufWriter;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};

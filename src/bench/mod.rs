@@ -195,7 +195,7 @@ pub mod video;
 // ---- vision ------------------------------------------------------------------------------------
 
 use crate::ggml::{Backend, Context as GraphContext, Device, Scheduler};
-use crate::gguf::GgmlType;
+use crate::ggml::GgmlType;
 use crate::vision::{Stage, VisionContext, VisionModel};
 use crate::weights::Placement;
 

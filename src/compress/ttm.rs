@@ -19,7 +19,7 @@ use super::cosine;
 use crate::error::{Error, Result};
 use crate::ggml::custom::{HostOp, OpInput, OpOutput};
 use crate::ggml::{Backend, Context, Scheduler};
-use crate::gguf::GgmlType;
+use crate::ggml::GgmlType;
 
 /// What a frame keeps.
 #[derive(Clone, Debug, PartialEq, Eq)]

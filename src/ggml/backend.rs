@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::context::{Context, Graph, Tensor};
 use super::sys;
-use crate::gguf::GgmlType;
+use super::types::GgmlType;
 
 fn cstr(p: *const c_char) -> String {
     if p.is_null() {

@@ -15,7 +15,7 @@ use std::ptr::NonNull;
 use std::sync::{Arc, Mutex, Weak};
 
 use super::sys;
-use crate::gguf::GgmlType;
+use super::types::GgmlType;
 
 pub(crate) struct ContextInner {
     ptr: NonNull<sys::ggml_context>,

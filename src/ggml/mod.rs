@@ -5,18 +5,18 @@ mod context;
 pub mod custom;
 mod mapped;
 pub mod reference;
+mod types;
 
 pub use backend::{Backend, Buffer, BufferType, ComputeError, Device, DeviceKind, Scheduler};
 pub use context::{Context, Graph, RopeParams, ScaleMode, Tensor, ROPE_TYPE_NEOX};
 pub use mapped::MappedFile;
+pub use types::GgmlType;
 
 pub(crate) use ggml_sys as sys;
 
 use std::ffi::{c_char, c_void, CStr};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Once;
-
-use crate::gguf::GgmlType;
 
 /// How much of ggml's own logging reaches stderr.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -11,7 +11,7 @@ use half::f16;
 
 use crate::error::{Error, Result};
 use crate::ggml::{Backend, Context, Device, DeviceKind, Graph, Scheduler, Tensor};
-use crate::gguf::GgmlType;
+use crate::ggml::GgmlType;
 use crate::nn;
 use kv_cache::{KvCache, KvShape, KvType, StoredLayer};
 use qwen2::{Attention, ForwardInputs, Qwen2};

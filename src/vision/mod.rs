@@ -11,7 +11,8 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::ggml::{Backend, Context, Device, DeviceKind, Scheduler};
 use crate::gguf::names::{clip as keys, general};
-use crate::gguf::{GgmlType, GgufError, GgufFile};
+use crate::ggml::GgmlType;
+use crate::gguf::{GgufError, GgufFile};
 use crate::media::Frame;
 use crate::weights::{Placement, WeightLoader, WeightStore};
 use projector::ProjectorWeights;
@@ -122,7 +123,7 @@ impl VisionModel {
         let projector = ProjectorWeights::load(&mut w, tower_params.hidden)?;
         let d = projector.out_dim as u64;
         let newline_name = keys::NEWLINE.iter().find(|n| file.tensor(n).is_some()).copied().ok_or_else(|| {
-            file.error(GgufError::MissingTensor { tensor: "model.image_newline (or v.image_newline)".into() })
+            file.error::<crate::gguf::Error>(GgufError::MissingTensor { tensor: "model.image_newline (or v.image_newline)".into() })
         })?;
         let info = file.require_tensor(newline_name, &[d])?;
         if info.ty != GgmlType::F32 {

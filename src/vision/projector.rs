@@ -22,11 +22,11 @@ impl ProjectorWeights {
     pub fn load(w: &mut WeightLoader, hidden: usize) -> Result<ProjectorWeights> {
         let file: &GgufFile = w.file();
         let first = keys::MM_1.iter().find(|n| file.tensor(&format!("{n}.weight")).is_some()).copied().ok_or_else(|| {
-            file.error(GgufError::MissingTensor { tensor: "mm.0.weight (or mm.1.weight)".into() })
+            file.error::<crate::gguf::Error>(GgufError::MissingTensor { tensor: "mm.0.weight (or mm.1.weight)".into() })
         })?;
         let out = file
             .tensor(&format!("{}.weight", keys::MM_2))
-            .ok_or_else(|| file.error(GgufError::MissingTensor { tensor: format!("{}.weight", keys::MM_2) }))?;
+            .ok_or_else(|| file.error::<crate::gguf::Error>(GgufError::MissingTensor { tensor: format!("{}.weight", keys::MM_2) }))?;
         let d = out.shape.get(1).copied().unwrap_or(0);
         if d == 0 || d > 1 << 16 {
             return Err(file.error(GgufError::TensorShape { tensor: format!("{}.weight", keys::MM_2), found: out.shape.clone(), expected: vec![d, d] }));

@@ -4,7 +4,8 @@
 use crate::error::{Error, Result};
 use crate::ggml::{Context, Tensor};
 use crate::gguf::names::clip as keys;
-use crate::gguf::{GgmlType, GgufError, GgufFile};
+use crate::ggml::GgmlType;
+use crate::gguf::{GgufError, GgufFile};
 use crate::nn;
 use crate::weights::{WeightLoader, WeightUse};
 

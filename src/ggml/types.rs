@@ -1,4 +1,4 @@
-//! The tensor element types a GGUF file may name, with their block geometry.
+//! ggml's tensor element types (the ids GGUF files store), with their block geometry.
 //!
 //! This is our own table (the reader must not trust ggml with an unchecked id: removed ids have a
 //! zero block size there). A unit test checks every row against ggml's own traits.
