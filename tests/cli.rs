@@ -5,7 +5,7 @@ mod common;
 
 use std::process::Command;
 
-use dycoke::ggml::reference::{RefContext, RefModel};
+use dycoke_oracle::{RefContext, RefModel};
 use dycoke::ggml::GgmlType;
 
 fn dycoke(args: &[&str]) -> std::process::Output {

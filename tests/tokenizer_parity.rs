@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use dycoke::ggml::reference::RefModel;
+use dycoke_oracle::RefModel;
 use dycoke::ggml::GgmlType;
 use dycoke::gguf::GgufFile;
 use dycoke::tokenizer::Tokenizer;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::ggml::reference::{RefContext, RefModel};
+use dycoke_oracle::{RefContext, RefModel};
 use crate::llm::{LlmContext, LlmOptions, Segment};
 use crate::model::{Model, ModelOptions};
 
@@ -355,7 +355,7 @@ pub fn run_vision_bench(opts: &VisionBenchOptions) -> Result<VisionBenchReport> 
 /// Seconds llama.cpp's CLIP takes for one frame of `size` x `size` pixels (median of `reps`).
 #[cfg(feature = "llama-mtmd")]
 fn llama_cpp_clip_seconds(mmproj: &std::path::Path, llm: &std::path::Path, size: u32, threads: usize, reps: usize) -> Result<f64> {
-    use crate::ggml::reference::RefClip;
+    use dycoke_oracle::RefClip;
     let model = RefModel::load(llm, false).ok_or_else(|| Error::invalid("bench", format!("llama.cpp could not load {}", llm.display())))?;
     let mut clip = RefClip::load(mmproj, &model, threads as i32)
         .ok_or_else(|| Error::invalid("bench", format!("llama.cpp's CLIP could not load {}", mmproj.display())))?;

@@ -76,9 +76,9 @@ pub struct RopeParams {
 }
 
 /// NeoX-style rotation (rotate_half), as Qwen2 uses.
-// ggml.h defines GGML_ROPE_TYPE_NEOX as a macro, which the bindings omit; llama.h re-exports its
-// value as LLAMA_ROPE_TYPE_NEOX.
-pub const ROPE_TYPE_NEOX: i32 = sys::LLAMA_ROPE_TYPE_NEOX;
+// ggml.h's GGML_ROPE_TYPE_NEOX, a macro the bindings omit. tests/ops.rs checks the rotation it
+// selects against a plain implementation of rotate_half.
+pub const ROPE_TYPE_NEOX: i32 = 2;
 
 fn check(cond: bool, message: impl FnOnce() -> String) {
     if !cond {

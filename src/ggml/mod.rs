@@ -4,7 +4,6 @@ mod backend;
 mod context;
 pub mod custom;
 mod mapped;
-pub mod reference;
 mod types;
 
 pub use backend::{Backend, Buffer, BufferType, ComputeError, Device, DeviceKind, Scheduler};
