@@ -55,6 +55,12 @@ pub enum Error {
     Cancelled,
 }
 
+impl From<crate::ggml::DeviceError> for Error {
+    fn from(e: crate::ggml::DeviceError) -> Error {
+        Error::Device { name: e.name, available: e.available }
+    }
+}
+
 impl Error {
     pub fn invalid(name: &str, message: impl Into<String>) -> Error {
         Error::InvalidParameter { name: name.to_string(), message: message.into() }

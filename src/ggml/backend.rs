@@ -363,12 +363,40 @@ pub enum ComputeError {
     Compute { backend: String, status: i32 },
 }
 
+/// A device whose backend would not start (a missing driver, no memory on it).
+#[derive(Debug, thiserror::Error)]
+#[error("device {name:?} could not be started (this build has: {available})")]
+pub struct DeviceError {
+    pub name: String,
+    /// Every device of this build, comma-separated, for the user to pick another.
+    pub available: String,
+}
+
+impl DeviceError {
+    fn new(device: Device) -> DeviceError {
+        let available = Device::all().iter().map(|d| d.name()).collect::<Vec<_>>().join(", ");
+        DeviceError { name: device.name(), available }
+    }
+}
+
 /// Splits graphs across backends, allocates their intermediate tensors and runs them.
 pub struct Scheduler {
     inner: Arc<SchedInner>,
 }
 
 impl Scheduler {
+    /// The engine's setup: a backend on `device` first when it is not the CPU, then the CPU backend
+    /// (`n_threads` threads), which runs what the device cannot and the custom operations.
+    pub fn for_device(device: Device, n_threads: usize, max_graph_nodes: usize) -> Result<Scheduler, DeviceError> {
+        let mut backends = Vec::new();
+        if device.kind() != DeviceKind::Cpu {
+            backends.push(Backend::new(device, n_threads).ok_or_else(|| DeviceError::new(device))?);
+        }
+        let cpu = Device::cpu();
+        backends.push(Backend::new(cpu, n_threads).ok_or_else(|| DeviceError::new(cpu))?);
+        Ok(Scheduler::new(backends, max_graph_nodes))
+    }
+
     /// A scheduler over `backends`, in priority order; the CPU backend must be last.
     pub fn new(backends: Vec<Backend>, max_graph_nodes: usize) -> Scheduler {
         assert!(!backends.is_empty() && backends.last().unwrap().is_cpu(), "the scheduler needs the CPU backend last");
@@ -438,5 +466,28 @@ impl Scheduler {
         unsafe {
             sys::ggml_backend_sched_set_tensor_backend(self.inner.ptr.as_ptr(), t.as_ptr(), self.inner.backends[backend].ptr.as_ptr())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_setup_is_one_cpu_backend() {
+        let sched = Scheduler::for_device(Device::cpu(), 2, 16).unwrap();
+        assert_eq!(sched.backends().len(), 1);
+        assert!(sched.backends()[0].is_cpu());
+    }
+
+    #[test]
+    fn device_error_lists_every_device() {
+        let e = DeviceError::new(Device::cpu());
+        let all = Device::all();
+        assert!(!all.is_empty());
+        for d in all {
+            assert!(e.available.contains(&d.name()), "{} missing from {:?}", d.name(), e.available);
+        }
+        assert!(e.to_string().contains(&format!("{:?}", Device::cpu().name())));
     }
 }

@@ -6,7 +6,7 @@ pub mod custom;
 mod mapped;
 mod types;
 
-pub use backend::{Backend, Buffer, BufferType, ComputeError, Device, DeviceKind, Scheduler};
+pub use backend::{Backend, Buffer, BufferType, ComputeError, Device, DeviceError, DeviceKind, Scheduler};
 pub use context::{Context, Graph, RopeParams, ScaleMode, Tensor, ROPE_TYPE_NEOX};
 pub use mapped::MappedFile;
 pub use types::GgmlType;

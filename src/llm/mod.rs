@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use half::f16;
 
 use crate::error::{Error, Result};
-use crate::ggml::{Backend, Context, Device, DeviceKind, Graph, Scheduler, Tensor};
+use crate::ggml::{Context, Device, Graph, Scheduler, Tensor};
 use crate::ggml::GgmlType;
 use crate::nn;
 use kv_cache::{KvCache, KvShape, KvType, StoredLayer};
@@ -129,18 +129,10 @@ impl LlmContext {
         if opts.n_threads == 0 || opts.n_threads > 512 {
             return Err(Error::invalid("threads", format!("{} is outside 1..=512", opts.n_threads)));
         }
-        let mut backends = Vec::new();
-        if opts.device.kind() != DeviceKind::Cpu {
-            backends.push(Backend::new(opts.device, opts.n_threads).ok_or_else(|| Error::Device {
-                name: opts.device.name(),
-                available: Device::all().iter().map(|d| d.name()).collect::<Vec<_>>().join(", "),
-            })?);
-        }
-        backends.push(Backend::cpu(opts.n_threads));
+        let sched = Scheduler::for_device(opts.device, opts.n_threads, model.max_graph_nodes())?;
         let buft = opts.device.buffer_type();
         let shape = KvShape { n_layer: p.n_layer, n_head_kv: p.n_head_kv, head_dim: p.head_dim };
         let cache = KvCache::new(shape, opts.n_ctx, opts.kv_type, buft)?;
-        let sched = Scheduler::new(backends, model.max_graph_nodes());
         let mut ctx = LlmContext {
             model,
             cache,

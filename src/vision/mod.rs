@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::ggml::{Backend, Context, Device, DeviceKind, Scheduler};
+use crate::ggml::{Context, Device, Scheduler};
 use crate::gguf::names::{clip as keys, general};
 use crate::ggml::GgmlType;
 use crate::gguf::{GgufError, GgufFile};
@@ -191,13 +191,8 @@ pub struct VisionContext {
 impl VisionContext {
     /// `batch`: images per graph (more uses more memory, fewer graph launches).
     pub fn new(model: Arc<VisionModel>, device: Device, n_threads: usize, batch: usize) -> Result<VisionContext> {
-        let mut backends = Vec::new();
-        if device.kind() != DeviceKind::Cpu {
-            backends.push(Backend::new(device, n_threads).ok_or_else(|| Error::Device { name: device.name(), available: device.name() })?);
-        }
-        backends.push(Backend::cpu(n_threads));
         let nodes = model.params.tower.n_layer * 48 + 64;
-        Ok(VisionContext { model, sched: Scheduler::new(backends, nodes), batch: batch.max(1) })
+        Ok(VisionContext { model, sched: Scheduler::for_device(device, n_threads, nodes)?, batch: batch.max(1) })
     }
 
     pub fn model(&self) -> &Arc<VisionModel> {
