@@ -72,14 +72,6 @@ impl Device {
         }
     }
 
-    /// (free, total) bytes of device memory.
-    pub fn memory(&self) -> (usize, usize) {
-        let (mut free, mut total) = (0usize, 0usize);
-        // SAFETY: valid device handle and out-pointers.
-        unsafe { sys::ggml_backend_dev_memory(self.ptr, &mut free, &mut total) };
-        (free, total)
-    }
-
     pub fn buffer_type(&self) -> BufferType {
         // SAFETY: valid device handle.
         BufferType { ptr: unsafe { sys::ggml_backend_dev_buffer_type(self.ptr) } }
@@ -106,12 +98,6 @@ impl Device {
             }
             out
         }
-    }
-
-    /// Whether this device can run `op` (a node whose sources may sit in given buffer types).
-    pub fn supports_op(&self, op: &Tensor) -> bool {
-        // SAFETY: valid device and tensor.
-        unsafe { sys::ggml_backend_dev_supports_op(self.ptr, op.as_ptr()) }
     }
 
     /// Whether a weight of this type and shape, placed in `buft`, can be the first argument of a
@@ -163,11 +149,6 @@ impl BufferType {
     pub fn name(&self) -> String {
         // SAFETY: valid handle.
         cstr(unsafe { sys::ggml_backend_buft_name(self.ptr) })
-    }
-
-    pub fn is_host(&self) -> bool {
-        // SAFETY: valid handle.
-        unsafe { sys::ggml_backend_buft_is_host(self.ptr) }
     }
 
     /// Allocates one buffer holding every tensor of `ctx` (which must all be unallocated).
@@ -222,14 +203,9 @@ impl Buffer {
         unsafe { sys::ggml_backend_buffer_get_size(self.ptr.as_ptr()) }
     }
 
-    pub fn base(&self) -> *const u8 {
+    fn base(&self) -> *const u8 {
         // SAFETY: valid buffer.
         unsafe { sys::ggml_backend_buffer_get_base(self.ptr.as_ptr()) as *const u8 }
-    }
-
-    pub fn name(&self) -> String {
-        // SAFETY: valid buffer.
-        cstr(unsafe { sys::ggml_backend_buffer_name(self.ptr.as_ptr()) })
     }
 
     /// Tells the scheduler these are weights (it prefers running ops where weights live).
@@ -320,10 +296,6 @@ impl Backend {
                 self.threadpool = Some(Threadpool { ptr: pool });
             }
         }
-    }
-
-    pub fn device(&self) -> Device {
-        self.device
     }
 
     pub fn name(&self) -> String {
@@ -453,19 +425,6 @@ impl Scheduler {
     pub fn buffer_size(&self, backend: usize) -> usize {
         // SAFETY: index within the backend list.
         unsafe { sys::ggml_backend_sched_get_buffer_size(self.inner.ptr.as_ptr(), self.inner.backends[backend].ptr.as_ptr()) }
-    }
-
-    pub fn n_splits(&self) -> i32 {
-        // SAFETY: valid scheduler.
-        unsafe { sys::ggml_backend_sched_get_n_splits(self.inner.ptr.as_ptr()) }
-    }
-
-    /// Pins a node to a backend (used to keep layers on the CPU when not offloaded).
-    pub fn set_tensor_backend(&mut self, t: &Tensor, backend: usize) {
-        // SAFETY: valid node and backend index.
-        unsafe {
-            sys::ggml_backend_sched_set_tensor_backend(self.inner.ptr.as_ptr(), t.as_ptr(), self.inner.backends[backend].ptr.as_ptr())
-        }
     }
 }
 
