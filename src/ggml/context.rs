@@ -451,11 +451,6 @@ impl Context {
         self.op(&[a, b], |c| unsafe { sys::ggml_mul(c, a.as_ptr(), b.as_ptr()) })
     }
 
-    pub fn scale(&mut self, a: &Tensor, s: f32) -> Tensor {
-        // SAFETY: any tensor may be scaled.
-        self.op(&[a], |c| unsafe { sys::ggml_scale(c, a.as_ptr(), s) })
-    }
-
     pub fn rms_norm(&mut self, a: &Tensor, eps: f32) -> Tensor {
         // SAFETY: normalises along ne0; any shape.
         self.op(&[a], |c| unsafe { sys::ggml_rms_norm(c, a.as_ptr(), eps) })
