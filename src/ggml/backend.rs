@@ -78,6 +78,10 @@ impl Device {
     }
 
     /// Extra buffer types of this device, such as the CPU's repacked-weight layouts.
+    ///
+    /// Leaves out ggml's AMX type: its matrix product crashes (SIGSEGV in
+    /// ggml_backend_amx_mul_mat, llama.cpp issue 20824, open) on Sapphire Rapids machines for
+    /// products of more than one column; tests/ops.rs reproduced it with Q8_0 weights.
     pub fn extra_buffer_types(&self) -> Vec<BufferType> {
         // SAFETY: valid device handle; the proc address, when present, has this signature
         // (ggml-backend.h, ggml_backend_dev_get_extra_bufts_t) and returns a NULL-terminated array.
@@ -96,6 +100,7 @@ impl Device {
                 out.push(BufferType { ptr: *list });
                 list = list.add(1);
             }
+            out.retain(|b| b.name() != "AMX");
             out
         }
     }
