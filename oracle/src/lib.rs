@@ -40,6 +40,7 @@ pub struct RefModel {
 
 // SAFETY: a llama_model is immutable after load and documented as shareable across contexts.
 unsafe impl Send for RefModel {}
+// SAFETY: as for Send.
 unsafe impl Sync for RefModel {}
 
 impl Drop for RefModel {
