@@ -7,8 +7,6 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::gguf::GgufError;
-
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// A setting a user chooses. Front ends map each to their own name (`--ttm-k`, `ttm_k`, ...).
@@ -89,8 +87,8 @@ impl fmt::Display for Setting {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A GGUF file is unreadable or does not describe the model it should.
-    #[error("{}: {source}", path.display())]
-    Gguf { path: PathBuf, source: GgufError },
+    #[error(transparent)]
+    Gguf(#[from] crate::gguf::Error),
 
     /// A setting is outside its valid range (or does not fit the model).
     #[error("{setting}: {problem}")]
@@ -143,6 +141,12 @@ pub enum Error {
     /// The work was stopped by a cancellation request or a progress callback.
     #[error("cancelled")]
     Cancelled,
+}
+
+impl From<crate::ggml::DeviceError> for Error {
+    fn from(e: crate::ggml::DeviceError) -> Error {
+        Error::Device { name: e.name, available: e.available }
+    }
 }
 
 impl Error {

@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use crate::error::Result;
 use crate::ggml::{Buffer, BufferType, Context, Device, DeviceKind, Tensor};
-use crate::gguf::{GgmlType, GgufError, GgufFile, TensorInfo};
+use crate::ggml::GgmlType;
+use crate::gguf::{GgufError, GgufFile, TensorInfo};
 
 /// What a weight is used for, which decides the types it may have and where it may live.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -163,7 +164,7 @@ impl WeightLoader {
             // One CPU buffer over the whole mapping (page-aligned base); tensors point into it.
             let bytes = file.file_bytes();
             let buffer = Buffer::from_host_memory(bytes).ok_or_else(|| {
-                file.error(GgufError::Io(std::io::Error::other("ggml could not wrap the file mapping")))
+                file.error::<crate::gguf::Error>(GgufError::Io(std::io::Error::other("ggml could not wrap the file mapping")))
             })?;
             for (t, info) in &host.items {
                 buffer.place(t, (file.layout().data_offset + info.offset) as usize);
@@ -177,7 +178,7 @@ impl WeightLoader {
 
         for group in repacked.into_iter().chain(device) {
             let buffer = group.buft.alloc_context_tensors(&group.ctx).ok_or_else(|| {
-                file.error(GgufError::Io(std::io::Error::other(format!(
+                file.error::<crate::gguf::Error>(GgufError::Io(std::io::Error::other(format!(
                     "could not allocate {} bytes of {} memory for the weights",
                     group.items.iter().map(|(_, i)| i.size).sum::<u64>(),
                     group.buft.name()

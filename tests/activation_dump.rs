@@ -8,7 +8,7 @@ use std::path::Path;
 
 use common::llava::{converted, dir};
 use dycoke::ggml::Device;
-use dycoke::gguf::GgmlType;
+use dycoke::ggml::GgmlType;
 use dycoke::llm::{LlmContext, LlmOptions, Segment};
 use dycoke::media::{FrameSelection, Sampling};
 use dycoke::vision::{VisionContext, VisionModel};

@@ -6,7 +6,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use dycoke::gguf::{GgmlType, GgufFile, GgufWriter, Value};
+use dycoke::ggml::GgmlType;
+use dycoke::gguf::{GgufFile, GgufWriter, Value};
 
 fn dycoke(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_dycoke")).args(args).output().expect("run dycoke")

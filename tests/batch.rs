@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use dycoke::gguf::GgmlType;
+use dycoke::ggml::GgmlType;
 use serde_json::Value;
 
 /// 20 requests over the fixture video and image, two of them broken.

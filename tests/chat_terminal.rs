@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use dycoke::gguf::GgmlType;
+use dycoke::ggml::GgmlType;
 use gguf_tools::random::Qwen2Spec;
 use rexpect::process::WaitStatus;
 use rexpect::session::{spawn_command, PtySession};

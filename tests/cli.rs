@@ -5,8 +5,8 @@ mod common;
 
 use std::process::Command;
 
-use dycoke::ggml::reference::{RefContext, RefModel};
-use dycoke::gguf::GgmlType;
+use dycoke_oracle::{RefContext, RefModel};
+use dycoke::ggml::GgmlType;
 
 fn dycoke(args: &[&str]) -> std::process::Output {
     let out = Command::new(env!("CARGO_BIN_EXE_dycoke")).args(args).output().expect("run dycoke");

@@ -17,8 +17,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use common::{argmax, cosine, max_abs_diff, std_dev};
-use dycoke::ggml::reference::{RefContext, RefModel};
-use dycoke::gguf::{GgmlType, GgufFile};
+use dycoke_oracle::{RefContext, RefModel};
+use dycoke::ggml::GgmlType;
+use dycoke::gguf::GgufFile;
 use dycoke::llm::qwen2::Qwen2;
 use dycoke::llm::{LlmContext, LlmOptions, Segment};
 use dycoke::tokenizer::Tokenizer;

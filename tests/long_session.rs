@@ -7,7 +7,7 @@
 
 mod common;
 
-use dycoke::gguf::GgmlType;
+use dycoke::ggml::GgmlType;
 use dycoke::media::Sampling;
 use dycoke::{Conversation, ConversationOptions, Error, GenerateParams, Model, ModelOptions, SessionOptions};
 

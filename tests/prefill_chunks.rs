@@ -15,7 +15,8 @@ use std::sync::Arc;
 
 use common::llava::{converted, dir, f32_array};
 use common::{max_abs_diff, std_dev};
-use dycoke::gguf::{GgmlType, GgufFile};
+use dycoke::ggml::GgmlType;
+use dycoke::gguf::GgufFile;
 use dycoke::llm::qwen2::Qwen2;
 use dycoke::llm::{LlmContext, LlmOptions, Segment};
 use dycoke::weights::Placement;

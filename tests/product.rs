@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use dycoke::encoder::cache::EmbeddingCache;
-use dycoke::gguf::GgmlType;
+use dycoke::ggml::GgmlType;
 use dycoke::media::Sampling;
 use dycoke::{Answer, Conversation, ConversationOptions, GenerateParams, Model, ModelOptions, SessionOptions};
 

@@ -3,7 +3,7 @@
 
 mod common;
 
-use dycoke::gguf::GgmlType;
+use dycoke::ggml::GgmlType;
 use dycoke::llm::{LlmContext, LlmOptions, Segment};
 use dycoke::{Error, GenerateParams, Model, ModelOptions, PromptPart, Session, SessionOptions, StopReason};
 

@@ -6,8 +6,9 @@ mod common;
 
 use std::path::Path;
 
-use dycoke::ggml::reference::RefModel;
-use dycoke::gguf::{GgmlType, GgufFile};
+use dycoke_oracle::RefModel;
+use dycoke::ggml::GgmlType;
+use dycoke::gguf::GgufFile;
 use dycoke::tokenizer::Tokenizer;
 
 fn check_vocab(path: &Path) {

@@ -6,7 +6,7 @@ mod common;
 
 use common::llava::{converted, dir, f32_array, manifest, rel_err};
 use dycoke::ggml::Device;
-use dycoke::gguf::GgmlType;
+use dycoke::ggml::GgmlType;
 use dycoke::media::load_image;
 use dycoke::vision::preprocess::normalize;
 use dycoke::vision::projector::pack_anyres;

@@ -1,6 +1,6 @@
 //! Tensor data to and from F32, with ggml's own quantizers.
 
-use dycoke::gguf::GgmlType;
+use dycoke::ggml::GgmlType;
 
 /// Encodes rows of `n_per_row` F32 values as `ty`.
 pub fn encode_f32(values: &[f32], n_per_row: usize, ty: GgmlType) -> Vec<u8> {

@@ -9,9 +9,10 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use dycoke::ggml::MappedFile;
+use dycoke::ggml::GgmlType;
 use dycoke::gguf::names::vision::Tensor as VisionTensor;
 use dycoke::gguf::names::{qwen2, tokenizer as tok_keys};
-use dycoke::gguf::{Array, GgmlType, GgufError, GgufWriter};
+use dycoke::gguf::{Array, GgufError, GgufWriter};
 use serde_json::Value as Json;
 
 use crate::codec::{decode_to_f32, encode_f32};

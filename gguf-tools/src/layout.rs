@@ -4,7 +4,8 @@
 
 use dycoke::gguf::names::vision::{BlockPart, Param, ProjLayer, Tensor as VisionTensor};
 use dycoke::gguf::names::{clip, general, llm as llm_keys, qwen2};
-use dycoke::gguf::{Array, GgmlType, GgufWriter};
+use dycoke::ggml::GgmlType;
+use dycoke::gguf::{Array, GgufWriter};
 
 /// The types weight matrices may be written in.
 pub const TARGETS: &[GgmlType] = &[

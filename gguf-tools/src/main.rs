@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use dycoke::gguf::{GgmlType, GgufFile};
+use dycoke::ggml::GgmlType;
+use dycoke::gguf::GgufFile;
 use gguf_tools::random::{write_qwen2, Qwen2Spec};
 use gguf_tools::vocab::Vocab;
 

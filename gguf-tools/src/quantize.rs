@@ -3,7 +3,8 @@
 use std::path::Path;
 
 use dycoke::gguf::names::general;
-use dycoke::gguf::{GgmlType, GgufFile, GgufWriter, Value};
+use dycoke::ggml::GgmlType;
+use dycoke::gguf::{GgufFile, GgufWriter, Value};
 
 use crate::codec::{decode_to_f32, encode_f32};
 use crate::layout::{file_type, storage_type, type_list, TARGETS};

@@ -2,9 +2,10 @@
 
 use std::path::Path;
 
+use dycoke::ggml::GgmlType;
 use dycoke::gguf::names::general;
 use dycoke::gguf::names::vision::{BlockPart, Param, Tensor as VisionTensor};
-use dycoke::gguf::{GgmlType, GgufWriter};
+use dycoke::gguf::GgufWriter;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use dycoke::gguf::GgmlType;
+use dycoke::ggml::GgmlType;
 use gguf_tools::convert::{convert, plan, ConvertError, ConvertOptions};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};

@@ -20,7 +20,7 @@ use half::f16;
 use super::cosine;
 use crate::ggml::custom::{HostOp, OpInput, OpOutput};
 use crate::ggml::{Context, Tensor};
-use crate::gguf::GgmlType;
+use crate::ggml::GgmlType;
 use crate::llm::qwen2::Attention;
 use crate::llm::{DecodeAttention, FullAttention};
 use crate::nn;

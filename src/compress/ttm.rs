@@ -23,8 +23,7 @@ use std::sync::Arc;
 use super::cosine;
 use crate::error::{Error, Result};
 use crate::ggml::custom::{HostOp, OpInput, OpOutput};
-use crate::ggml::{Context, Tensor};
-use crate::gguf::GgmlType;
+use crate::ggml::{Context, GgmlType, Tensor};
 
 /// What a frame keeps.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -293,7 +292,7 @@ mod tests {
         let want = apply(&x, n_frames, n, dim, k).unwrap();
         assert_eq!(want.kept, select(&x, n_frames, n, dim, k));
         assert_eq!(rows.read_f32(), want.rows);
-        let idx: Vec<i32> = idx.read_bytes().chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().unwrap())).collect();
+        let idx: Vec<i32> = idx.read_i32();
         assert_eq!(idx, kept_rows(&want.kept, n));
         assert_eq!(kept_from_rows(&idx, n_frames, n), Some(want.kept));
         assert!(apply(&x, 5, n, dim, k).is_err());

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::context::{Context, Graph, Tensor};
 use super::sys;
-use crate::gguf::GgmlType;
+use super::types::GgmlType;
 
 fn cstr(p: *const c_char) -> String {
     if p.is_null() {
@@ -72,20 +72,13 @@ impl Device {
         }
     }
 
-    /// (free, total) bytes of device memory.
-    pub fn memory(&self) -> (usize, usize) {
-        let (mut free, mut total) = (0usize, 0usize);
-        // SAFETY: valid device handle and out-pointers.
-        unsafe { sys::ggml_backend_dev_memory(self.ptr, &mut free, &mut total) };
-        (free, total)
-    }
-
     pub fn buffer_type(&self) -> BufferType {
         // SAFETY: valid device handle.
         BufferType { ptr: unsafe { sys::ggml_backend_dev_buffer_type(self.ptr) } }
     }
 
-    /// Extra buffer types of this device, such as the CPU's repacked-weight layouts.
+    /// Extra buffer types of this device, such as the CPU's repacked-weight layouts. (ggml's AMX
+    /// type is not among them: it is compiled out, see scripts/ggml-cc.)
     pub fn extra_buffer_types(&self) -> Vec<BufferType> {
         // SAFETY: valid device handle; the proc address, when present, has this signature
         // (ggml-backend.h, ggml_backend_dev_get_extra_bufts_t) and returns a NULL-terminated array.
@@ -106,12 +99,6 @@ impl Device {
             }
             out
         }
-    }
-
-    /// Whether this device can run `op` (a node whose sources may sit in given buffer types).
-    pub fn supports_op(&self, op: &Tensor) -> bool {
-        // SAFETY: valid device and tensor.
-        unsafe { sys::ggml_backend_dev_supports_op(self.ptr, op.as_ptr()) }
     }
 
     /// Whether a weight of this type and shape, placed in `buft`, can be the first argument of a
@@ -163,11 +150,6 @@ impl BufferType {
     pub fn name(&self) -> String {
         // SAFETY: valid handle.
         cstr(unsafe { sys::ggml_backend_buft_name(self.ptr) })
-    }
-
-    pub fn is_host(&self) -> bool {
-        // SAFETY: valid handle.
-        unsafe { sys::ggml_backend_buft_is_host(self.ptr) }
     }
 
     /// Allocates one buffer holding every tensor of `ctx` (which must all be unallocated).
@@ -222,14 +204,9 @@ impl Buffer {
         unsafe { sys::ggml_backend_buffer_get_size(self.ptr.as_ptr()) }
     }
 
-    pub fn base(&self) -> *const u8 {
+    fn base(&self) -> *const u8 {
         // SAFETY: valid buffer.
         unsafe { sys::ggml_backend_buffer_get_base(self.ptr.as_ptr()) as *const u8 }
-    }
-
-    pub fn name(&self) -> String {
-        // SAFETY: valid buffer.
-        cstr(unsafe { sys::ggml_backend_buffer_name(self.ptr.as_ptr()) })
     }
 
     /// Tells the scheduler these are weights (it prefers running ops where weights live).
@@ -322,10 +299,6 @@ impl Backend {
         }
     }
 
-    pub fn device(&self) -> Device {
-        self.device
-    }
-
     pub fn name(&self) -> String {
         // SAFETY: valid backend.
         cstr(unsafe { sys::ggml_backend_name(self.ptr.as_ptr()) })
@@ -363,12 +336,42 @@ pub enum ComputeError {
     Compute { backend: String, status: i32 },
 }
 
+/// A device whose backend would not start (a missing driver, no memory on it).
+#[derive(Debug, thiserror::Error)]
+#[error("device {name:?} could not be started (this build has: {available})")]
+pub struct DeviceError {
+    pub name: String,
+    /// Every device of this build, comma-separated, for the user to pick another.
+    pub available: String,
+}
+
+impl DeviceError {
+    fn new(device: Device) -> DeviceError {
+        let available = Device::all().iter().map(|d| d.name()).collect::<Vec<_>>().join(", ");
+        DeviceError { name: device.name(), available }
+    }
+}
+
 /// Splits graphs across backends, allocates their intermediate tensors and runs them.
 pub struct Scheduler {
     inner: Arc<SchedInner>,
 }
 
 impl Scheduler {
+    /// The engine's setup: a backend on `device` first when it is not the CPU, then the CPU backend
+    /// (`n_threads` threads), which runs what the device cannot and the custom operations.
+    pub fn for_device(device: Device, n_threads: usize, max_graph_nodes: usize) -> Result<Scheduler, DeviceError> {
+        let mut backends = Vec::new();
+        if device.kind() != DeviceKind::Cpu {
+            backends.push(Backend::new(device, n_threads).ok_or_else(|| DeviceError::new(device))?);
+        }
+        let cpu = Device::cpu();
+        backends.push(Backend::new(cpu, n_threads).ok_or_else(|| DeviceError::new(cpu))?);
+        let mut sched = Scheduler::new(backends, max_graph_nodes);
+        sched.dump_activations_from_env();
+        Ok(sched)
+    }
+
     /// A scheduler over `backends`, in priority order; the CPU backend must be last.
     pub fn new(backends: Vec<Backend>, max_graph_nodes: usize) -> Scheduler {
         assert!(!backends.is_empty() && backends.last().unwrap().is_cpu(), "the scheduler needs the CPU backend last");
@@ -427,26 +430,37 @@ impl Scheduler {
         unsafe { sys::ggml_backend_sched_get_buffer_size(self.inner.ptr.as_ptr(), self.inner.backends[backend].ptr.as_ptr()) }
     }
 
-    pub fn n_splits(&self) -> i32 {
-        // SAFETY: valid scheduler.
-        unsafe { sys::ggml_backend_sched_get_n_splits(self.inner.ptr.as_ptr()) }
-    }
-
     /// Writes named activations to files as graphs compute, when `DYCOKE_DUMP_DIR` asks for it
     /// (see the `dump` module); otherwise does nothing.
-    pub fn dump_activations_from_env(&mut self) {
+    fn dump_activations_from_env(&mut self) {
         if super::dump::enabled() {
             // SAFETY: valid scheduler; the callback matches ggml_backend_sched_eval_callback, keeps
             // no pointer past a call and needs no user data.
             unsafe { sys::ggml_backend_sched_set_eval_callback(self.inner.ptr.as_ptr(), Some(super::dump::eval_callback), std::ptr::null_mut()) }
         }
     }
+}
 
-    /// Pins a node to a backend (used to keep layers on the CPU when not offloaded).
-    pub fn set_tensor_backend(&mut self, t: &Tensor, backend: usize) {
-        // SAFETY: valid node and backend index.
-        unsafe {
-            sys::ggml_backend_sched_set_tensor_backend(self.inner.ptr.as_ptr(), t.as_ptr(), self.inner.backends[backend].ptr.as_ptr())
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_setup_is_one_cpu_backend() {
+        let sched = Scheduler::for_device(Device::cpu(), 2, 16).unwrap();
+        assert_eq!(sched.backends().len(), 1);
+        assert!(sched.backends()[0].is_cpu());
+    }
+
+
+    #[test]
+    fn device_error_lists_every_device() {
+        let e = DeviceError::new(Device::cpu());
+        let all = Device::all();
+        assert!(!all.is_empty());
+        for d in all {
+            assert!(e.available.contains(&d.name()), "{} missing from {:?}", d.name(), e.available);
         }
+        assert!(e.to_string().contains(&format!("{:?}", Device::cpu().name())));
     }
 }

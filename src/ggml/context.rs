@@ -15,7 +15,7 @@ use std::ptr::NonNull;
 use std::sync::{Arc, Mutex, Weak};
 
 use super::sys;
-use crate::gguf::GgmlType;
+use super::types::GgmlType;
 
 pub(crate) struct ContextInner {
     ptr: NonNull<sys::ggml_context>,
@@ -76,9 +76,9 @@ pub struct RopeParams {
 }
 
 /// NeoX-style rotation (rotate_half), as Qwen2 uses.
-// ggml.h defines GGML_ROPE_TYPE_NEOX as a macro, which the bindings omit; llama.h re-exports its
-// value as LLAMA_ROPE_TYPE_NEOX.
-pub const ROPE_TYPE_NEOX: i32 = sys::LLAMA_ROPE_TYPE_NEOX;
+// ggml.h's GGML_ROPE_TYPE_NEOX, a macro the bindings omit. tests/ops.rs checks the rotation it
+// selects against a plain implementation of rotate_half.
+pub const ROPE_TYPE_NEOX: i32 = 2;
 
 fn check(cond: bool, message: impl FnOnce() -> String) {
     if !cond {
@@ -172,16 +172,6 @@ impl Tensor {
         unsafe { sys::ggml_backend_tensor_set(self.as_ptr(), bytes.as_ptr().cast(), 0, bytes.len()) }
     }
 
-    /// Copies a byte range into the tensor at `offset`.
-    pub fn write_bytes_at(&self, offset: usize, bytes: &[u8]) {
-        check(self.is_allocated(), || format!("write to tensor {:?} which has no memory", self.name()));
-        check(offset.checked_add(bytes.len()).is_some_and(|end| end <= self.n_bytes()), || {
-            format!("write of {} bytes at {offset} into tensor {:?} of {} bytes", bytes.len(), self.name(), self.n_bytes())
-        });
-        // SAFETY: the tensor is allocated and the range lies inside it.
-        unsafe { sys::ggml_backend_tensor_set(self.as_ptr(), bytes.as_ptr().cast(), offset, bytes.len()) }
-    }
-
     pub fn write_f32(&self, data: &[f32]) {
         self.check_io(GgmlType::F32, data.len(), "f32 write");
         // SAFETY: type, element count and contiguity checked above.
@@ -218,6 +208,15 @@ impl Tensor {
         out
     }
 
+    /// Reads a contiguous I32 tensor (row indices a graph computed).
+    pub fn read_i32(&self) -> Vec<i32> {
+        let mut out = vec![0i32; self.n_elements() as usize];
+        self.check_io(GgmlType::I32, out.len(), "i32 read");
+        // SAFETY: type, element count and contiguity checked above.
+        unsafe { sys::ggml_backend_tensor_get(self.as_ptr(), out.as_mut_ptr().cast(), 0, std::mem::size_of_val(out.as_slice())) }
+        out
+    }
+
     /// Reads `out.len()` f32 values starting at element `start` of a contiguous F32 tensor.
     pub fn read_f32_range(&self, start: usize, out: &mut [f32]) {
         check(self.is_allocated() && self.ty() == GgmlType::F32 && self.is_contiguous(), || {
@@ -230,15 +229,6 @@ impl Tensor {
         unsafe {
             sys::ggml_backend_tensor_get(self.as_ptr(), out.as_mut_ptr().cast(), start * 4, std::mem::size_of_val(out))
         }
-    }
-
-    /// Reads the raw bytes of a contiguous tensor.
-    pub fn read_bytes(&self) -> Vec<u8> {
-        check(self.is_allocated() && self.is_contiguous(), || format!("byte read of tensor {:?}", self.name()));
-        let mut out = vec![0u8; self.n_bytes()];
-        // SAFETY: allocated, contiguous, sizes equal.
-        unsafe { sys::ggml_backend_tensor_get(self.as_ptr(), out.as_mut_ptr().cast(), 0, out.len()) }
-        out
     }
 }
 
@@ -266,7 +256,7 @@ impl Graph {
         self.ptr.as_ptr()
     }
 
-    pub fn n_nodes(&self) -> usize {
+    fn n_nodes(&self) -> usize {
         // SAFETY: the graph is valid while `owner` lives.
         unsafe { sys::ggml_graph_n_nodes(self.ptr.as_ptr()) as usize }
     }
@@ -372,12 +362,6 @@ impl Context {
         self.wrap(p)
     }
 
-    /// A tensor with the same type and shape as `t`, in this context (its data is assigned later).
-    pub fn dup_layout(&mut self, t: &Tensor) -> Tensor {
-        let ne = t.ne();
-        self.new_tensor(t.ty(), &ne)
-    }
-
     pub fn set_name(&mut self, t: &Tensor, name: &str) {
         check(Arc::ptr_eq(&t.owner(), &self.inner), || "naming a tensor of another context".into());
         let c = CString::new(name.replace('\0', "")).unwrap_or_default();
@@ -474,28 +458,6 @@ impl Context {
         check(Self::can_repeat(b, a), || format!("mul {:?} * {:?}", a.ne(), b.ne()));
         // SAFETY: broadcast shape checked.
         self.op(&[a, b], |c| unsafe { sys::ggml_mul(c, a.as_ptr(), b.as_ptr()) })
-    }
-
-    pub fn scale(&mut self, a: &Tensor, s: f32) -> Tensor {
-        // SAFETY: any tensor may be scaled.
-        self.op(&[a], |c| unsafe { sys::ggml_scale(c, a.as_ptr(), s) })
-    }
-
-    /// a * s + b, elementwise.
-    pub fn scale_bias(&mut self, a: &Tensor, s: f32, b: f32) -> Tensor {
-        // SAFETY: elementwise.
-        self.op(&[a], |c| unsafe { sys::ggml_scale_bias(c, a.as_ptr(), s, b) })
-    }
-
-    pub fn sqr(&mut self, a: &Tensor) -> Tensor {
-        // SAFETY: elementwise.
-        self.op(&[a], |c| unsafe { sys::ggml_sqr(c, a.as_ptr()) })
-    }
-
-    /// The mean of each row (along ne0): [n, ...] -> [1, ...].
-    pub fn mean_rows(&mut self, a: &Tensor) -> Tensor {
-        // SAFETY: any F32 tensor.
-        self.op(&[a], |c| unsafe { sys::ggml_mean(c, a.as_ptr()) })
     }
 
     pub fn rms_norm(&mut self, a: &Tensor, eps: f32) -> Tensor {
@@ -621,56 +583,15 @@ impl Context {
         self.op(&[a], |c| unsafe { sys::ggml_permute(c, a.as_ptr(), axes[0], axes[1], axes[2], axes[3]) })
     }
 
-    pub fn transpose(&mut self, a: &Tensor) -> Tensor {
-        // SAFETY: any tensor may be transposed (a view).
-        self.op(&[a], |c| unsafe { sys::ggml_transpose(c, a.as_ptr()) })
-    }
-
     pub fn cont(&mut self, a: &Tensor) -> Tensor {
         // SAFETY: any tensor.
         self.op(&[a], |c| unsafe { sys::ggml_cont(c, a.as_ptr()) })
-    }
-
-    /// A contiguous copy with a new shape of the same element count.
-    pub fn cont_shape(&mut self, a: &Tensor, ne: &[i64]) -> Tensor {
-        check(ne.len() == 4 && ne.iter().product::<i64>() == a.n_elements(), || format!("cont {:?} to {ne:?}", a.ne()));
-        // SAFETY: element counts equal.
-        self.op(&[a], |c| unsafe { sys::ggml_cont_4d(c, a.as_ptr(), ne[0], ne[1], ne[2], ne[3]) })
-    }
-
-    /// Converts to another type (F32 <-> F16 and quantized targets ggml supports).
-    pub fn cast(&mut self, a: &Tensor, ty: GgmlType) -> Tensor {
-        // SAFETY: ggml_cast creates a new tensor of a's shape.
-        self.op(&[a], |c| unsafe { sys::ggml_cast(c, a.as_ptr(), ty.id()) })
-    }
-
-    /// Copies `a` into `b` (same element count); returns the updated `b`.
-    pub fn cpy(&mut self, a: &Tensor, b: &Tensor) -> Tensor {
-        check(a.n_elements() == b.n_elements(), || format!("cpy {:?} into {:?}", a.ne(), b.ne()));
-        // SAFETY: element counts equal.
-        self.op(&[a, b], |c| unsafe { sys::ggml_cpy(c, a.as_ptr(), b.as_ptr()) })
-    }
-
-    pub fn silu(&mut self, a: &Tensor) -> Tensor {
-        // SAFETY: elementwise.
-        self.op(&[a], |c| unsafe { sys::ggml_silu(c, a.as_ptr()) })
-    }
-
-    /// tanh-approximated GELU.
-    pub fn gelu(&mut self, a: &Tensor) -> Tensor {
-        // SAFETY: elementwise.
-        self.op(&[a], |c| unsafe { sys::ggml_gelu(c, a.as_ptr()) })
     }
 
     /// Exact (erf) GELU.
     pub fn gelu_erf(&mut self, a: &Tensor) -> Tensor {
         // SAFETY: elementwise.
         self.op(&[a], |c| unsafe { sys::ggml_gelu_erf(c, a.as_ptr()) })
-    }
-
-    pub fn tanh(&mut self, a: &Tensor) -> Tensor {
-        // SAFETY: elementwise.
-        self.op(&[a], |c| unsafe { sys::ggml_tanh(c, a.as_ptr()) })
     }
 
     /// silu(gate) * up, fused.
@@ -691,24 +612,5 @@ impl Context {
         };
         // SAFETY: sizes positive, F32 input.
         self.op(&[a], |c| unsafe { sys::ggml_interpolate(c, a.as_ptr(), ne[0], ne[1], ne[2], ne[3], m) })
-    }
-
-    /// Concatenates along `dim`; all other dimensions must match.
-    pub fn concat(&mut self, a: &Tensor, b: &Tensor, dim: i32) -> Tensor {
-        let (an, bn) = (a.ne(), b.ne());
-        check((0..4).all(|i| i == dim as usize || an[i] == bn[i]) && (0..4).contains(&dim) && a.ty() == b.ty(), || {
-            format!("concat {an:?} and {bn:?} along {dim}")
-        });
-        // SAFETY: checked.
-        self.op(&[a, b], |c| unsafe { sys::ggml_concat(c, a.as_ptr(), b.as_ptr(), dim) })
-    }
-
-    /// im2col for a 2D convolution: kernel `k` [kw, kh, c_in, c_out], input [w, h, c_in, n].
-    pub fn im2col(&mut self, k: &Tensor, x: &Tensor, stride: i32, ty: GgmlType) -> Tensor {
-        check(k.ne()[2] == x.ne()[2] && stride > 0, || format!("im2col kernel {:?} input {:?}", k.ne(), x.ne()));
-        // SAFETY: channel counts match, positive stride.
-        self.op(&[k, x], |c| unsafe {
-            sys::ggml_im2col(c, k.as_ptr(), x.as_ptr(), stride, stride, 0, 0, 1, 1, true, ty.id())
-        })
     }
 }

@@ -8,7 +8,7 @@ use std::ffi::c_void;
 
 use super::context::{Context, Tensor};
 use super::sys;
-use crate::gguf::GgmlType;
+use super::types::GgmlType;
 
 /// exp(t) for f32, branch-free so that the compiler vectorizes loops over it: t = n ln2 + r with
 /// ln2 split in a high and a low part (Cody-Waite, so r keeps its precision), exp(r) for

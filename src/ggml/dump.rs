@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 
 use super::sys;
-use crate::gguf::GgmlType;
+use super::GgmlType;
 
 struct Config {
     dir: PathBuf,

@@ -5,11 +5,12 @@ mod context;
 pub mod custom;
 mod dump;
 mod mapped;
-pub mod reference;
+mod types;
 
-pub use backend::{Backend, Buffer, BufferType, ComputeError, Device, DeviceKind, Scheduler};
+pub use backend::{Backend, Buffer, BufferType, ComputeError, Device, DeviceError, DeviceKind, Scheduler};
 pub use context::{Context, Graph, RopeParams, ScaleMode, Tensor, ROPE_TYPE_NEOX};
 pub use mapped::MappedFile;
+pub use types::GgmlType;
 
 pub(crate) use ggml_sys as sys;
 
@@ -17,12 +18,10 @@ use std::ffi::{c_char, c_void, CStr};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Once;
 
-use crate::gguf::GgmlType;
-
 /// How much of ggml's own logging reaches stderr.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u8)]
-pub enum LogLevel {
+enum LogLevel {
     Silent = 0,
     Error = 1,
     Warn = 2,
@@ -35,7 +34,7 @@ static LOG_LEVEL: AtomicU8 = AtomicU8::new(LogLevel::Warn as u8);
 static LAST_SHOWN: AtomicU8 = AtomicU8::new(0);
 
 /// Sets the level of ggml messages shown on stderr (process-wide, as ggml's logger is).
-pub fn set_log_level(level: LogLevel) {
+fn set_log_level(level: LogLevel) {
     LOG_LEVEL.store(level as u8, Ordering::Relaxed);
 }
 
@@ -83,26 +82,8 @@ pub fn init() {
     });
 }
 
-/// (elements per block, bytes per block) according to ggml, for checking our own type table.
-pub fn type_geometry(t: GgmlType) -> (u64, u64) {
-    // SAFETY: the id comes from our table of valid types.
-    unsafe { (sys::ggml_blck_size(t.id()) as u64, sys::ggml_type_size(t.id()) as u64) }
-}
-
-/// The number of type ids ggml reserves (GGML_TYPE_COUNT).
-pub fn type_count() -> u32 {
-    sys::GGML_TYPE_COUNT
-}
-
-/// ggml's block size for a raw id below `type_count()` (0 for removed ids).
-pub fn raw_block_size(id: u32) -> i64 {
-    assert!(id < sys::GGML_TYPE_COUNT);
-    // SAFETY: ggml's traits table has an entry for every id below GGML_TYPE_COUNT.
-    unsafe { sys::ggml_blck_size(id) }
-}
-
 /// The SIMD features the linked ggml CPU backend was compiled for and found.
-pub fn cpu_features() -> Vec<(&'static str, bool)> {
+fn cpu_features() -> Vec<(&'static str, bool)> {
     // SAFETY: plain queries.
     unsafe {
         vec![
@@ -129,7 +110,7 @@ pub fn cpu_features_line() -> String {
 }
 
 /// Whether ggml's quantizer for this type needs an importance matrix (we never supply one).
-pub fn quantize_requires_imatrix(t: GgmlType) -> bool {
+fn quantize_requires_imatrix(t: GgmlType) -> bool {
     // SAFETY: valid type id.
     unsafe { sys::ggml_quantize_requires_imatrix(t.id()) }
 }

@@ -1,5 +1,18 @@
 //! What can be wrong with a GGUF file. Every message names the key or tensor and both values;
-//! the crate-level error adds the file's path.
+//! [`Error`] adds the file's path.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A GGUF file that is unreadable or does not describe the model it should.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {kind}", path.display())]
+pub struct Error {
+    pub path: PathBuf,
+    #[source]
+    pub kind: GgufError,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {

@@ -4,13 +4,11 @@ mod describe;
 mod error;
 pub mod names;
 mod reader;
-mod types;
 mod value;
 mod writer;
 
 pub use describe::describe;
-pub use error::GgufError;
+pub use error::{Error, GgufError, Result};
 pub use reader::{parse, tensor_bytes, GgufFile, GgufLayout, TensorInfo, DEFAULT_ALIGNMENT, MAX_TENSOR_NAME};
-pub use types::GgmlType;
 pub use value::{Array, Value, ValueType};
 pub use writer::{GgufWriter, TensorDataWriter};

@@ -7,10 +7,9 @@ use std::path::{Path, PathBuf};
 
 use byteorder::{ByteOrder, LittleEndian};
 
-use super::error::GgufError;
-use super::types::GgmlType;
+use super::error::{Error, GgufError, Result};
+use crate::ggml::GgmlType;
 use super::value::{Array, Value, ValueType};
-use crate::error::{Error, Result};
 use crate::ggml::MappedFile;
 
 /// The alignment of the data section when `general.alignment` is absent.
@@ -78,7 +77,7 @@ impl GgufFile {
     /// Maps and parses a GGUF file. Every failure names the file.
     pub fn open(path: impl AsRef<Path>) -> Result<GgufFile> {
         let path = path.as_ref().to_path_buf();
-        let wrap = |source: GgufError| Error::Gguf { path: path.clone(), source };
+        let wrap = |kind: GgufError| Error { path: path.clone(), kind };
         let map = MappedFile::open(&path).map_err(|e| wrap(GgufError::Io(e)))?;
         let layout = parse(map.bytes()).map_err(wrap)?;
         let key_index = layout.metadata.iter().enumerate().map(|(i, (k, _))| (k.clone(), i)).collect();
@@ -138,9 +137,10 @@ impl GgufFile {
         self.map.bytes()
     }
 
-    /// An error about this file.
-    pub fn error(&self, source: GgufError) -> Error {
-        Error::Gguf { path: self.path.clone(), source }
+    /// An error about this file, as the caller's error type (model loaders above this layer
+    /// return the crate's error, which wraps ours).
+    pub fn error<E: From<Error>>(&self, kind: GgufError) -> E {
+        E::from(Error { path: self.path.clone(), kind })
     }
 
     // Typed metadata access. Integers are accepted in any stored width that fits the wanted type,

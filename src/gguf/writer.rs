@@ -7,7 +7,7 @@ use std::path::Path;
 
 use super::error::GgufError;
 use super::reader::{tensor_bytes, DEFAULT_ALIGNMENT, MAX_TENSOR_NAME};
-use super::types::GgmlType;
+use crate::ggml::GgmlType;
 use super::value::{Array, Value};
 
 #[derive(Clone, Debug)]

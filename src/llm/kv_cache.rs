@@ -6,7 +6,7 @@
 
 use crate::error::{Error, Result, Setting};
 use crate::ggml::{BufferType, Context, Tensor};
-use crate::gguf::GgmlType;
+use crate::ggml::GgmlType;
 
 /// Granularity of the attended cache length (as llama.cpp's n_kv padding).
 pub const KV_PAD: usize = 256;

@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 use half::f16;
 
 use crate::error::{Error, Result, Setting};
-use crate::ggml::{Backend, Context, Device, DeviceKind, Graph, Scheduler, Tensor};
-use crate::gguf::GgmlType;
+use crate::ggml::{Context, Device, GgmlType, Graph, Scheduler, Tensor};
 use crate::nn;
 use kv_cache::{KvCache, KvShape, KvType, StoredLayer};
 use qwen2::{Attention, ForwardInputs, Qwen2};
@@ -133,19 +132,10 @@ impl LlmContext {
             return Err(Error::setting(Setting::BatchSize, format!("{} is outside 1..=8192", opts.n_batch)));
         }
         check_threads(opts.n_threads)?;
-        let mut backends = Vec::new();
-        if opts.device.kind() != DeviceKind::Cpu {
-            backends.push(Backend::new(opts.device, opts.n_threads).ok_or_else(|| Error::Device {
-                name: opts.device.name(),
-                available: Device::all().iter().map(|d| d.name()).collect::<Vec<_>>().join(", "),
-            })?);
-        }
-        backends.push(Backend::cpu(opts.n_threads));
+        let sched = Scheduler::for_device(opts.device, opts.n_threads, model.max_graph_nodes())?;
         let buft = opts.device.buffer_type();
         let shape = KvShape { n_layer: p.n_layer, n_head_kv: p.n_head_kv, head_dim: p.head_dim };
         let cache = KvCache::new(shape, opts.n_ctx, opts.kv_type, buft)?;
-        let mut sched = Scheduler::new(backends, model.max_graph_nodes());
-        sched.dump_activations_from_env();
         let mut ctx = LlmContext {
             model,
             cache,

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use crate::error::Result;
 use crate::ggml::{Context, RopeParams, Tensor, ROPE_TYPE_NEOX};
 use crate::gguf::names::{llm as keys, qwen2 as names};
-use crate::gguf::{GgmlType, GgufError, GgufFile, TensorInfo};
+use crate::ggml::GgmlType;
+use crate::gguf::{GgufError, GgufFile, TensorInfo};
 use crate::nn;
 use crate::weights::{Placement, WeightLoader, WeightStore, WeightUse};
 
@@ -85,7 +86,7 @@ impl Qwen2Params {
         }
         let embd = file
             .tensor(names::TOKEN_EMBD)
-            .ok_or_else(|| file.error(GgufError::MissingTensor { tensor: names::TOKEN_EMBD.into() }))?;
+            .ok_or_else(|| file.error::<crate::gguf::Error>(GgufError::MissingTensor { tensor: names::TOKEN_EMBD.into() }))?;
         if embd.shape.len() != 2 || embd.shape[0] != n_embd as u64 || embd.shape[1] == 0 || embd.shape[1] > 1 << 24 {
             return Err(file.error(GgufError::TensorShape {
                 tensor: names::TOKEN_EMBD.into(),

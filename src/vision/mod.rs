@@ -10,10 +10,11 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::compress::ttm::{self, Kept};
-use crate::ggml::{Backend, Context, Device, DeviceKind, Graph, Scheduler, Tensor};
+use crate::ggml::{Context, Device, Graph, Scheduler, Tensor};
 use crate::gguf::names::vision::Tensor as Name;
 use crate::gguf::names::{clip as keys, general};
-use crate::gguf::{GgmlType, GgufError, GgufFile};
+use crate::ggml::GgmlType;
+use crate::gguf::{GgufError, GgufFile};
 use crate::media::Frame;
 use crate::weights::{Placement, WeightLoader, WeightStore};
 use projector::ProjectorWeights;
@@ -127,7 +128,7 @@ impl VisionModel {
             .names()
             .into_iter()
             .find(|n| file.tensor(n).is_some())
-            .ok_or_else(|| file.error(GgufError::MissingTensor { tensor: Name::Newline.describe() }))?;
+            .ok_or_else(|| file.error::<crate::gguf::Error>(GgufError::MissingTensor { tensor: Name::Newline.describe() }))?;
         let info = file.require_tensor(&newline_name, &[d])?;
         if info.ty != GgmlType::F32 {
             return Err(file.error(GgufError::TensorType { tensor: newline_name, found: info.ty.to_string(), expected: "F32".into() }));
@@ -232,14 +233,8 @@ impl VisionContext {
     /// `batch`: images per graph (more uses more memory, fewer graph launches), rounded up to a
     /// multiple of 4 so that each of TTM's windows of four frames lies in one graph.
     pub fn new(model: Arc<VisionModel>, device: Device, n_threads: usize, batch: usize) -> Result<VisionContext> {
-        let mut backends = Vec::new();
-        if device.kind() != DeviceKind::Cpu {
-            backends.push(Backend::new(device, n_threads).ok_or_else(|| Error::Device { name: device.name(), available: device.name() })?);
-        }
-        backends.push(Backend::cpu(n_threads));
         let nodes = graph_nodes(model.params.tower.n_layer);
-        let mut sched = Scheduler::new(backends, nodes);
-        sched.dump_activations_from_env();
+        let sched = Scheduler::for_device(device, n_threads, nodes)?;
         let mut ctx = VisionContext { model, sched, batch: batch.max(1).next_multiple_of(4), graph: None };
         // The worst case: a full batch from pixels through TTM keeping every row. Sizing the
         // compute buffers now means no later chunk allocates more (and running out of memory shows
@@ -338,7 +333,7 @@ impl VisionContext {
         vg.input.write_f32(&host);
         sched.compute(&vg.graph)?;
         let rows = vg.output.read_f32();
-        let kept = vg.kept_rows.as_ref().map(|t| t.read_bytes().chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect());
+        let kept = vg.kept_rows.as_ref().map(|t| t.read_i32());
         Ok((rows, kept))
     }
 

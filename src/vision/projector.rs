@@ -24,10 +24,14 @@ impl ProjectorWeights {
         let file: &GgufFile = w.file();
         let first = Name::Projector(ProjLayer::First, Weight);
         // Which of the first layer's names the file uses; its bias goes by the same one.
-        let alias = first.names().iter().position(|n| file.tensor(n).is_some()).ok_or_else(|| file.error(GgufError::MissingTensor { tensor: first.describe() }))?;
+        let alias = first
+            .names()
+            .iter()
+            .position(|n| file.tensor(n).is_some())
+            .ok_or_else(|| file.error::<crate::gguf::Error>(GgufError::MissingTensor { tensor: first.describe() }))?;
         let (w1_name, b1_name) = (first.names().swap_remove(alias), Name::Projector(ProjLayer::First, Bias).names().swap_remove(alias));
         let (w2_name, b2_name) = (Name::Projector(ProjLayer::Second, Weight).name(), Name::Projector(ProjLayer::Second, Bias).name());
-        let out = file.tensor(&w2_name).ok_or_else(|| file.error(GgufError::MissingTensor { tensor: w2_name.clone() }))?;
+        let out = file.tensor(&w2_name).ok_or_else(|| file.error::<crate::gguf::Error>(GgufError::MissingTensor { tensor: w2_name.clone() }))?;
         let d = out.shape.get(1).copied().unwrap_or(0);
         if d == 0 || d > 1 << 16 {
             return Err(file.error(GgufError::TensorShape { tensor: w2_name, found: out.shape.clone(), expected: vec![d, d] }));

@@ -4,8 +4,9 @@
 use crate::error::{Error, Result};
 use crate::ggml::{Context, Tensor};
 use crate::gguf::names::clip as keys;
+use crate::ggml::GgmlType;
 use crate::gguf::names::vision::{BlockPart, Param, Param::Bias, Param::Weight, Tensor as Name};
-use crate::gguf::{GgmlType, GgufError, GgufFile};
+use crate::gguf::{GgufError, GgufFile};
 use crate::nn;
 use crate::weights::{WeightLoader, WeightUse};
 

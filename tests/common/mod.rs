@@ -8,7 +8,7 @@ pub mod strings;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use dycoke::gguf::GgmlType;
+use dycoke::ggml::GgmlType;
 use gguf_tools::random::{write_qwen2, Qwen2Spec};
 use gguf_tools::vocab::Vocab;
 

@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use dycoke::error::{Error, Result};
-use dycoke::ggml::reference::{RefContext, RefModel};
 use dycoke::llm::{LlmContext, LlmOptions, Segment};
 use dycoke::model::{Model, ModelOptions};
+use dycoke_oracle::{RefContext, RefModel};
 
 /// Settings of the LLM benchmark (ours against llama.cpp's libllama on the same file).
 #[derive(Clone, Debug)]
@@ -189,9 +189,8 @@ pub mod video;
 
 // ---- vision ------------------------------------------------------------------------------------
 
-use dycoke::ggml::{Backend, Context as GraphContext, Device, Scheduler};
+use dycoke::ggml::{Backend, Context as GraphContext, Device, GgmlType, Scheduler};
 use dycoke::gguf::names::vision::{BlockPart, Param, Tensor as VisionTensor};
-use dycoke::gguf::GgmlType;
 use dycoke::vision::{Stage, VisionContext, VisionModel};
 use dycoke::weights::Placement;
 
@@ -356,7 +355,7 @@ pub fn run_vision_bench(opts: &VisionBenchOptions) -> Result<VisionBenchReport> 
 /// Seconds llama.cpp's CLIP takes for one frame of `size` x `size` pixels (median of `reps`).
 #[cfg(feature = "llama-mtmd")]
 fn llama_cpp_clip_seconds(mmproj: &std::path::Path, llm: &std::path::Path, size: u32, threads: usize, reps: usize) -> Result<f64> {
-    use dycoke::ggml::reference::RefClip;
+    use dycoke_oracle::RefClip;
     let model = RefModel::load(llm, false).ok_or_else(|| Error::invalid("bench", format!("llama.cpp could not load {}", llm.display())))?;
     let mut clip = RefClip::load(mmproj, &model, threads as i32)
         .ok_or_else(|| Error::invalid("bench", format!("llama.cpp's CLIP could not load {}", mmproj.display())))?;

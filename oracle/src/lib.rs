@@ -1,17 +1,21 @@
-//! llama.cpp's libllama as an independent reference for the Qwen2 path: tokenization, logits and
-//! greedy tokens in tests, and speed in `dycoke bench`. Not used to serve requests.
+//! Independent references for dycoke's tests and benchmarks, kept out of the shipped engine:
+//! llama.cpp's libllama for the Qwen2 path (tokenization, logits and greedy tokens in tests, speed in
+//! `dycoke bench`), ggml's own GGUF reader for cross-checking dycoke's, and, with the `mtmd`
+//! feature, llama.cpp's vision encoder for comparing encode speed.
+//!
+//! Every `unsafe` block calls into these C libraries through `ggml-sys`; each says why its
+//! pointers and lengths are valid.
 
 use std::ffi::{c_char, CString};
 use std::path::Path;
 use std::ptr::NonNull;
 use std::sync::Once;
 
-use super::sys;
+use ggml_sys as sys;
 
 fn backend_init() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        super::init();
         // SAFETY: one-time global initialisation; the log callback is a plain function.
         unsafe {
             sys::llama_backend_init();
@@ -20,7 +24,7 @@ fn backend_init() {
     });
 }
 
-/// libllama's log: only its errors reach stderr (its load-time notes are noise in tests and
+/// libllama's log (and, once it is set, ggml's): only errors reach stderr (its load-time notes are noise in tests and
 /// benchmarks).
 extern "C" fn reference_log(level: sys::ggml_log_level, text: *const c_char, _user: *mut std::ffi::c_void) {
     if level == sys::GGML_LOG_LEVEL_ERROR && !text.is_null() {
@@ -36,6 +40,7 @@ pub struct RefModel {
 
 // SAFETY: a llama_model is immutable after load and documented as shareable across contexts.
 unsafe impl Send for RefModel {}
+// SAFETY: as for Send.
 unsafe impl Sync for RefModel {}
 
 impl Drop for RefModel {
@@ -252,15 +257,50 @@ pub struct GgufDump {
     pub version: u32,
     pub alignment: u64,
     pub data_offset: u64,
-    pub metadata: Vec<(String, crate::gguf::Value)>,
+    pub metadata: Vec<(String, Value)>,
     /// (name, type id, ne, offset from the data section, size)
     pub tensors: Vec<(String, u32, [u64; 4], u64, u64)>,
 }
 
+/// A metadata value as ggml's reader returns it, one variant per GGUF value type. Nested arrays,
+/// which ggml's accessors cannot read, come back as an empty `Array::Array`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    U8(u8),
+    I8(i8),
+    U16(u16),
+    I16(i16),
+    U32(u32),
+    I32(i32),
+    F32(f32),
+    Bool(bool),
+    String(String),
+    Array(Array),
+    U64(u64),
+    I64(i64),
+    F64(f64),
+}
+
+/// A homogeneous metadata array (see [`Value`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Array {
+    U8(Vec<u8>),
+    I8(Vec<i8>),
+    U16(Vec<u16>),
+    I16(Vec<i16>),
+    U32(Vec<u32>),
+    I32(Vec<i32>),
+    F32(Vec<f32>),
+    Bool(Vec<bool>),
+    String(Vec<String>),
+    Array(Vec<Array>),
+    U64(Vec<u64>),
+    I64(Vec<i64>),
+    F64(Vec<f64>),
+}
+
 /// Reads a GGUF with ggml's reader. None when ggml rejects the file.
 pub fn gguf_dump(path: &Path) -> Option<GgufDump> {
-    use crate::gguf::{Array, Value};
-    super::init();
     let c = CString::new(path.to_str()?).ok()?;
     // SAFETY: no_alloc with no ggml context requested; every accessor is called with indices below
     // the counts ggml reports and with the getter matching the reported type; the context is freed
@@ -344,14 +384,14 @@ pub fn gguf_dump(path: &Path) -> Option<GgufDump> {
 }
 
 /// llama.cpp's vision encoder (clip.cpp through libmtmd), for comparing encode speed on an
-/// equivalent file. Built only with the `llama-mtmd` feature (a development comparison).
-#[cfg(feature = "llama-mtmd")]
+/// equivalent file. Built only with the `mtmd` feature (a development comparison).
+#[cfg(feature = "mtmd")]
 pub struct RefClip<'m> {
     ctx: NonNull<sys::mtmd_context>,
     _model: &'m RefModel,
 }
 
-#[cfg(feature = "llama-mtmd")]
+#[cfg(feature = "mtmd")]
 impl Drop for RefClip<'_> {
     fn drop(&mut self) {
         // SAFETY: created by mtmd_init_from_file, freed once.
@@ -359,7 +399,7 @@ impl Drop for RefClip<'_> {
     }
 }
 
-#[cfg(feature = "llama-mtmd")]
+#[cfg(feature = "mtmd")]
 impl<'m> RefClip<'m> {
     /// Loads an mmproj with llama.cpp's CLIP for the text model `model`. None when it refuses.
     pub fn load(mmproj: &Path, model: &'m RefModel, n_threads: i32) -> Option<RefClip<'m>> {

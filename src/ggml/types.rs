@@ -1,4 +1,4 @@
-//! The tensor element types a GGUF file may name, with their block geometry.
+//! ggml's tensor element types (the ids GGUF files store), with their block geometry.
 //!
 //! This is our own table (the reader must not trust ggml with an unchecked id: removed ids have a
 //! zero block size there). A unit test checks every row against ggml's own traits.
@@ -124,10 +124,6 @@ impl GgmlType {
         self.row().3
     }
 
-    pub fn is_quantized(self) -> bool {
-        self.block_size() > 1
-    }
-
     /// Bytes of `n` elements in a row, or None when `n` is not a whole number of blocks or overflows.
     pub fn row_bytes(self, n: u64) -> Option<u64> {
         if n % self.block_size() != 0 {
@@ -146,19 +142,33 @@ impl fmt::Display for GgmlType {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ggml::sys;
+
+    /// (elements per block, bytes per block) according to ggml.
+    fn type_geometry(t: GgmlType) -> (u64, u64) {
+        // SAFETY: the id comes from our table of valid types.
+        unsafe { (sys::ggml_blck_size(t.id()) as u64, sys::ggml_type_size(t.id()) as u64) }
+    }
+
+    /// ggml's block size for a raw id below GGML_TYPE_COUNT (0 for removed ids).
+    fn raw_block_size(id: u32) -> i64 {
+        assert!(id < sys::GGML_TYPE_COUNT);
+        // SAFETY: ggml's traits table has an entry for every id below GGML_TYPE_COUNT.
+        unsafe { sys::ggml_blck_size(id) }
+    }
 
     #[test]
     fn table_matches_ggml_traits() {
         for t in GgmlType::all() {
-            let (blck, size) = crate::ggml::type_geometry(t);
+            let (blck, size) = type_geometry(t);
             assert_eq!(blck, t.block_size(), "{t} block size");
             assert_eq!(size, t.block_bytes(), "{t} block bytes");
         }
         // Ids absent from the table have no geometry in ggml either (removed or never assigned),
         // except past the end, where ggml has no row at all.
-        for id in 0..crate::ggml::type_count() {
+        for id in 0..sys::GGML_TYPE_COUNT {
             if GgmlType::from_id(id).is_none() {
-                assert_eq!(crate::ggml::raw_block_size(id), 0, "id {id} is known to ggml but not to us");
+                assert_eq!(raw_block_size(id), 0, "id {id} is known to ggml but not to us");
             }
         }
     }
