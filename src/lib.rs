@@ -59,9 +59,10 @@
 
 // The layers, lowest first; each module uses only those above it in this list.
 //
-// error      the error type and the settings it names
-// ggml       safe wrappers over ggml: tensors, graphs, backends, the scheduler (all `unsafe`)
-// gguf       GGUF files: reader, writer, the tables of tensor names and keys
+// ggml       safe wrappers over ggml: types, tensors, graphs, backends, the scheduler (all
+//            `unsafe`); its own errors
+// gguf       GGUF files: reader, writer, the tables of tensor names and keys; its own error
+// error      the crate's error (wrapping those two) and the settings it names
 // weights    placing a file's tensors on a device (mapped, uploaded or repacked)
 // nn         graph pieces shared by the models
 // media      video decoding (FFmpeg), images, frame sampling
