@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use super::benches::video::{self, encode_features, run_fidelity, run_video_mode, VideoMode, VideoModeOptions, VideoModeReport};
+use super::benches::video::{self, check_vision_settings, encode_features, plan_modes, run_fidelity, run_llm_mode, CompressionMode, Gains, LlmReport, VideoModeOptions, VideoModeReport, VisionReport, VisionSetting};
 use dycoke::encoder::EncodedMedia;
 use super::benches::{describe_row, run_llm_bench, run_vision_bench, table_header, LlmBenchOptions, VisionBenchOptions};
 use dycoke::Error;
@@ -17,9 +17,10 @@ pub enum BenchCommand {
     /// The vision encoder: seconds per frame, against the machine's matrix-product throughput for
     /// the same shapes.
     Vision(VisionArgs),
-    /// A video answer without compression and with DyCoke, side by side: visual tokens, vision
-    /// encode, prefill, decode, end to end, KV cache and peak memory, and their ratios. Each mode
-    /// runs in its own process (peak memory is its own) on frames encoded once.
+    /// What the user waits for with each vision setting and compression, against the uncompressed
+    /// path of the first vision setting: time to first token, vision seconds per frame, prefill,
+    /// decode, KV cache and peak memory, and their ratios. Frames are encoded once per vision
+    /// setting; each encoding and each compression setting runs in its own process.
     Video(VideoArgs),
     /// How far compression moves the next-token distributions from the uncompressed model's:
     /// teacher-forced on the uncompressed greedy answer, mean KL and greedy agreement per mode.
@@ -31,9 +32,11 @@ pub struct VideoInputArgs {
     /// LLM GGUF file.
     #[arg(short = 'm', long = "model", value_name = "GGUF", default_value = DEFAULT_MODEL)]
     model: PathBuf,
-    /// Vision model GGUF (a real-dimension random one: gguf-tools random --mmproj -o FILE --type f16).
-    #[arg(long, value_name = "GGUF", required_unless_present = "child_features")]
-    mmproj: Option<PathBuf>,
+    /// Vision settings, comma-separated, each [NAME=]GGUF (a vision model; the name defaults to the
+    /// file's stem). `bench video` compares them, the first being the baseline; `bench fidelity`
+    /// takes one. A real-dimension random one: gguf-tools random --mmproj -o FILE --type f16.
+    #[arg(long, visible_alias = "vision-modes", value_name = "[NAME=]GGUF", value_delimiter = ',', value_parser = VisionSetting::parse, required_unless_present = "child_features")]
+    mmproj: Vec<VisionSetting>,
     /// The video [default: models/bikes.mp4, from scripts/fetch-sample-video].
     #[arg(long, value_name = "PATH")]
     video: Option<PathBuf>,
@@ -52,10 +55,11 @@ pub struct VideoArgs {
     /// Frame counts, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "8,16,32,64")]
     frames: Vec<usize>,
-    /// Modes, comma-separated: none, dycoke, ttm (TTM alone), dp (pruning alone), dycoke-p0 (both,
-    /// pruning nothing: the cost of the machinery).
+    /// Compression settings, comma-separated: none, dycoke, ttm (TTM alone), dp (pruning alone),
+    /// dycoke-p0 (both, pruning nothing: the cost of the machinery). Each runs with each vision
+    /// setting; the first vision setting without compression (the baseline) always runs.
     #[arg(long, value_delimiter = ',', default_value = "none,dycoke", value_parser = parse_mode)]
-    modes: Vec<VideoMode>,
+    modes: Vec<CompressionMode>,
     /// Tokens of each answer.
     #[arg(long, default_value_t = 32)]
     gen: usize,
@@ -65,11 +69,14 @@ pub struct VideoArgs {
     /// Print one JSON object per mode and frame count instead of a table.
     #[arg(long)]
     json: bool,
-    /// (Internal) measure one mode on saved features and print its report.
+    /// (Internal) measure one compression setting on saved features and print its report.
     #[arg(long, hide = true, requires = "child_features", value_parser = parse_mode)]
-    child_mode: Option<VideoMode>,
+    child_mode: Option<CompressionMode>,
     #[arg(long, hide = true)]
     child_features: Option<PathBuf>,
+    /// (Internal) encode the frames with the one vision setting, save them here and print the cost.
+    #[arg(long, hide = true, conflicts_with = "child_mode")]
+    child_encode: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -82,14 +89,14 @@ pub struct FidelityArgs {
     #[arg(long, default_value_t = 64)]
     steps: usize,
     #[arg(long, value_delimiter = ',', default_value = "ttm,dp,dycoke", value_parser = parse_mode)]
-    modes: Vec<VideoMode>,
+    modes: Vec<CompressionMode>,
     /// Print one JSON object per mode instead of a table.
     #[arg(long)]
     json: bool,
 }
 
-fn parse_mode(s: &str) -> Result<VideoMode, String> {
-    VideoMode::parse(s).ok_or_else(|| format!("unknown mode {s:?}; modes: none, dycoke, ttm, dp, dycoke-p0"))
+fn parse_mode(s: &str) -> Result<CompressionMode, String> {
+    CompressionMode::parse(s).ok_or_else(|| format!("unknown mode {s:?}; modes: none, dycoke, ttm, dp, dycoke-p0"))
 }
 
 /// The default sample video (fetched, not part of the repository).
@@ -116,13 +123,20 @@ impl VideoInputArgs {
         Ok(VideoModeOptions { model: self.model.clone(), threads: self.threads(), gen_tokens: gen, reps, question: self.question.clone() })
     }
 
-    /// Decodes and encodes `frames` frames, with a progress bar.
-    fn encode(&self, frames: usize) -> Result<EncodedMedia, Error> {
-        let mmproj = self.mmproj.clone().ok_or_else(|| Error::invalid("mmproj", "the benchmark encodes video: pass --mmproj FILE.gguf"))?;
-        let model = dycoke::ModelOptions { mmproj: Some(mmproj), ..dycoke::ModelOptions::new(&self.model) };
-        eprintln!("encoding {frames} frames");
+    /// The one vision setting of a command that takes one.
+    fn single_vision(&self, command: &str) -> Result<&VisionSetting, Error> {
+        check_vision_settings(&self.mmproj)?;
+        match self.mmproj.as_slice() {
+            [one] => Ok(one),
+            _ => Err(Error::invalid("mmproj", format!("{command} takes one vision model; give one --mmproj"))),
+        }
+    }
+
+    /// Decodes and encodes `frames` frames with `vision`, with a progress bar.
+    fn encode(&self, vision: &VisionSetting, frames: usize) -> Result<EncodedMedia, Error> {
+        eprintln!("encoding {frames} frames with {}", vision.name);
         let mut bar = LazyBar::new("encoding", 1);
-        let f = encode_features(&model, &self.video()?, frames, self.threads(), &mut |d, t| bar.update(d, t));
+        let f = encode_features(&vision.model_options(&self.model), vision.encoder_options(self.threads()), &self.video()?, frames, &mut |d, t| bar.update(d, t));
         bar.finish();
         f
     }
@@ -242,43 +256,55 @@ fn run_video(a: VideoArgs) -> dycoke::Result<()> {
     let opts = a.input.mode_options(a.gen, a.reps)?;
     if let (Some(mode), Some(features)) = (a.child_mode, &a.child_features) {
         let f = EncodedMedia::load(features)?;
-        let r = run_video_mode(&opts, &f, mode)?;
+        let r = run_llm_mode(&opts, &f, mode)?;
         println!("{}", serde_json::to_string(&r).expect("serializable"));
         return Ok(());
     }
     if a.frames.is_empty() || a.frames.contains(&0) {
         return Err(Error::invalid("frames", "give one or more frame counts, each at least 1"));
     }
+    if let Some(out) = &a.child_encode {
+        let (vision, &[frames]) = (a.input.single_vision("the encoding process")?, a.frames.as_slice()) else {
+            return Err(Error::invalid("frames", "the encoding process takes one frame count"));
+        };
+        let f = a.input.encode(vision, frames)?;
+        f.save(out)?;
+        println!("{}", serde_json::to_string(&VisionReport::of(&f)).expect("serializable"));
+        return Ok(());
+    }
+    check_vision_settings(&a.input.mmproj)?;
     let video = a.input.video()?;
     eprintln!("{} with {} on {} threads, CPU: {}", video.display(), opts.model.display(), opts.threads, dycoke::ggml::cpu_features_line());
     if !a.json {
         println!("{}", video_header());
     }
+    let plan = plan_modes(a.input.mmproj.len(), &a.modes);
     let scratch = std::env::temp_dir().join(format!("dycoke-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).map_err(|e| Error::io(&scratch, e))?;
     let result = (|| {
         for &frames in &a.frames {
-            let features = a.input.encode(frames)?;
-            let path = scratch.join(format!("features-{frames}.bin"));
-            features.save(&path)?;
-            let mut reports = Vec::new();
-            for &mode in &a.modes {
-                let r = run_child(&a, &path, mode)?;
-                if a.json {
-                    println!("{}", serde_json::to_string(&r).expect("serializable"));
-                } else {
-                    println!("{}", video_row(&r));
+            let mut reports: Vec<VideoModeReport> = Vec::new();
+            for (v, vision) in a.input.mmproj.iter().enumerate() {
+                let path = scratch.join(format!("features-{frames}-{v}.bin"));
+                let encoded = child_encode(&a, vision, frames, &path)?;
+                for &(_, mode) in plan.iter().filter(|p| p.0 == v) {
+                    let llm = child_llm(&a, &path, mode)?;
+                    let r = VideoModeReport::new(&vision.name, mode, &encoded, &llm);
+                    if a.json {
+                        println!("{}", serde_json::to_string(&r).expect("serializable"));
+                    } else {
+                        println!("{}", video_row(&r));
+                    }
+                    reports.push(r);
                 }
-                reports.push(r);
+                std::fs::remove_file(&path).ok();
             }
             if !a.json {
-                if let Some(base) = reports.iter().find(|r| r.mode == VideoMode::None) {
-                    for r in reports.iter().filter(|r| r.mode != VideoMode::None) {
-                        println!("{}", ratio_row(base, r));
-                    }
+                let (base, rest) = reports.split_first().expect("the plan starts with the baseline");
+                for r in rest {
+                    println!("{}", ratio_row(r, &Gains::over(base, r)));
                 }
             }
-            std::fs::remove_file(&path).ok();
         }
         Ok(())
     })();
@@ -286,20 +312,36 @@ fn run_video(a: VideoArgs) -> dycoke::Result<()> {
     result
 }
 
-/// Runs one mode in a child process of this executable.
-fn run_child(a: &VideoArgs, features: &std::path::Path, mode: VideoMode) -> dycoke::Result<VideoModeReport> {
+/// This executable running `bench video` with `args` and the shared options, as a child process;
+/// returns its one-line JSON report.
+fn run_child<T: serde::de::DeserializeOwned>(a: &VideoArgs, what: &str, args: &[&std::ffi::OsStr]) -> dycoke::Result<T> {
     let exe = std::env::current_exe().map_err(|e| Error::invalid("bench", format!("cannot find this executable: {e}")))?;
     let mut cmd = std::process::Command::new(exe);
-    cmd.args(["bench", "video", "--child-mode", mode.name()]).arg("--child-features").arg(features);
+    cmd.args(["bench", "video"]).args(args);
     cmd.arg("-m").arg(&a.input.model).args(["-t", &a.input.threads().to_string(), "--gen", &a.gen.to_string(), "--reps", &a.reps.to_string()]);
     cmd.arg("--question").arg(&a.input.question);
     cmd.stderr(std::process::Stdio::inherit());
-    let out = cmd.output().map_err(|e| Error::invalid("bench", format!("cannot run the {} measurement: {e}", mode.name())))?;
+    let out = cmd.output().map_err(|e| Error::invalid("bench", format!("cannot run the {what}: {e}")))?;
     if !out.status.success() {
-        return Err(Error::invalid("bench", format!("the {} measurement failed ({})", mode.name(), out.status)));
+        return Err(Error::invalid("bench", format!("the {what} failed ({})", out.status)));
     }
     let line = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(line.trim()).map_err(|e| Error::invalid("bench", format!("the {} measurement printed no report: {e}", mode.name())))
+    serde_json::from_str(line.trim()).map_err(|e| Error::invalid("bench", format!("the {what} printed no report: {e}")))
+}
+
+/// Encodes `frames` frames with `vision` in a child process, saving the features to `features`.
+fn child_encode(a: &VideoArgs, vision: &VisionSetting, frames: usize, features: &std::path::Path) -> dycoke::Result<VisionReport> {
+    let video = a.input.video()?;
+    let (spec, frames) = (vision.spec(), frames.to_string());
+    let args: [&std::ffi::OsStr; 8] =
+        ["--child-encode".as_ref(), features.as_ref(), "--mmproj".as_ref(), spec.as_ref(), "--frames".as_ref(), frames.as_ref(), "--video".as_ref(), video.as_ref()];
+    run_child(a, &format!("encoding with {}", vision.name), &args)
+}
+
+/// Measures compression `mode` on saved features in a child process.
+fn child_llm(a: &VideoArgs, features: &std::path::Path, mode: CompressionMode) -> dycoke::Result<LlmReport> {
+    let args: [&std::ffi::OsStr; 4] = ["--child-mode".as_ref(), mode.name().as_ref(), "--child-features".as_ref(), features.as_ref()];
+    run_child(a, &format!("{} measurement", mode.name()), &args)
 }
 
 fn mib(b: u64) -> f64 {
@@ -308,46 +350,49 @@ fn mib(b: u64) -> f64 {
 
 fn video_header() -> String {
     format!(
-        "{:>6} {:<10} {:>8} {:>9} {:>7} {:>9} {:>8} {:>9} {:>8} {:>9} {:>8}",
-        "frames", "mode", "visual", "vision s", "TTM ms", "prefill s", "decode/s", "e2e s", "KV MiB", "peak MiB", "scoring"
+        "{:>6} {:<18} {:>7} {:>8} {:>8} {:>7} {:>6} {:>9} {:>8} {:>8} {:>8} {:>7} {:>8} {:>8}",
+        "frames", "mode", "visual", "decode s", "vision s", "s/frame", "TTM ms", "prefill s", "TTFT s", "decode/s", "e2e s", "KV MiB", "peak MiB", "scoring"
     )
 }
 
 fn video_row(r: &VideoModeReport) -> String {
     format!(
-        "{:>6} {:<10} {:>8} {:>9.1} {:>7.1} {:>9.2} {:>8.2} {:>9.2} {:>8.1} {:>9.0} {:>7.2}%",
+        "{:>6} {:<18} {:>7} {:>8.2} {:>8.2} {:>7.3} {:>6.1} {:>9.2} {:>8.2} {:>8.2} {:>8.2} {:>7.1} {:>8.0} {:>7.2}%",
         r.frames,
-        r.mode.name(),
+        r.mode,
         r.visual_tokens,
-        r.vision_encode_s,
+        r.video_decode_s,
+        r.vision_s,
+        r.vision_s_per_frame,
         r.ttm_s * 1000.0,
         r.prefill_s,
-        r.decode_tokens_per_s,
+        r.ttft_s,
+        r.decode_tok_s,
         r.end_to_end_s,
-        mib(r.kv_cache_bytes as u64),
+        mib(r.kv_bytes as u64),
         r.peak_rss_bytes.map_or(f64::NAN, mib),
         r.scoring_share * 100.0
     )
 }
 
-/// The gains of `r` over the uncompressed `base` (above 1: better).
-fn ratio_row(base: &VideoModeReport, r: &VideoModeReport) -> String {
-    let peak = match (base.peak_rss_bytes, r.peak_rss_bytes) {
-        (Some(b), Some(x)) => format!("{:>8.2}x", b as f64 / x as f64),
-        _ => format!("{:>9}", "-"),
-    };
+/// `r`'s gains over the baseline, in the columns of its row.
+fn ratio_row(r: &VideoModeReport, g: &Gains) -> String {
+    let x = |v: f64, w: usize| format!("{:>w$}", format!("{v:.2}x"));
     format!(
-        "{:>6} {:<10} {:>7.2}x {:>9} {:>7} {:>8.2}x {:>7.2}x {:>8.2}x {:>7.2}x {} (gain over none)",
+        "{:>6} {:<18} {} {:>8} {:>8} {} {:>6} {} {} {} {} {} {} (gain over the baseline)",
         r.frames,
-        r.mode.name(),
-        base.visual_tokens as f64 / r.visual_tokens.max(1) as f64,
+        r.mode,
+        x(g.visual_tokens, 7),
         "",
         "",
-        base.prefill_s / r.prefill_s.max(1e-9),
-        r.decode_tokens_per_s / base.decode_tokens_per_s.max(1e-9),
-        base.end_to_end_s / r.end_to_end_s.max(1e-9),
-        base.kv_cache_bytes as f64 / r.kv_cache_bytes.max(1) as f64,
-        peak
+        x(g.vision_s_per_frame, 7),
+        "",
+        x(g.prefill_s, 9),
+        x(g.ttft_s, 8),
+        x(g.decode_tok_s, 8),
+        x(g.end_to_end_s, 8),
+        x(g.kv_bytes, 7),
+        g.peak_rss_bytes.map_or(format!("{:>8}", "-"), |p| x(p, 8)),
     )
 }
 
@@ -355,7 +400,7 @@ fn run_fidelity_bench(a: FidelityArgs) -> dycoke::Result<()> {
     let opts = a.input.mode_options(a.steps, 1)?;
     let video = a.input.video()?;
     eprintln!("{} with {} on {} threads, {} frames, {} greedy steps", video.display(), opts.model.display(), opts.threads, a.frames, a.steps);
-    let features = a.input.encode(a.frames)?;
+    let features = a.input.encode(a.input.single_vision("bench fidelity")?, a.frames)?;
     if !a.json {
         println!("{:<10} {:>8} {:>6} {:>10} {:>10} {:>10} {:>7} {:>8} {:>6}", "mode", "visual", "steps", "mean KL", "max KL", "agreement", "fresh", "recalls", "kept");
     }

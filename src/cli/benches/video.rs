@@ -1,9 +1,11 @@
-//! DyCoke's benchmarks on a video: what an answer costs with and without compression (speed and
-//! memory, one mode per process so that peak memory is the mode's own), and how far compression
-//! moves the model's next-token distributions (fidelity).
+//! DyCoke's benchmarks on a video: what the user waits for in each mode (a vision setting and a
+//! compression setting) against the uncompressed path of the first vision setting, and how far
+//! compression moves the model's next-token distributions (fidelity).
 //!
-//! Frames are encoded once per frame count (TTM runs after the vision encoder, so encoding is the
-//! same work in every mode) and handed to each mode as pooled features.
+//! The frames are encoded once per frame count and vision setting (TTM runs after the vision
+//! encoder, so encoding is the same work for every compression setting) and handed to each
+//! compression setting as pooled features. Each encoding and each language-model measurement runs
+//! in its own process, so that peak memory is that stage's own.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -13,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use dycoke::compress::{Compression, DpSettings, TtmSettings};
 
 use dycoke::conversation::{Conversation, ConversationOptions};
-use dycoke::encoder::EncodedMedia;
-use dycoke::error::Result;
+use dycoke::encoder::{EncodedMedia, EncoderOptions};
+use dycoke::error::{Error, Result};
 use dycoke::media::Sampling;
 use dycoke::model::{Model, ModelOptions};
 use dycoke::progress::{self, Phase};
@@ -27,7 +29,7 @@ pub const DEFAULT_QUESTION: &str = "Describe what happens in this video in detai
 /// A compression setting under test.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum VideoMode {
+pub enum CompressionMode {
     /// Every frame token, every layer over the whole cache.
     None,
     /// TTM and dynamic pruning with the defaults (K, L, P = 0.7, 3, 0.7).
@@ -41,44 +43,125 @@ pub enum VideoMode {
     DycokeP0,
 }
 
-impl VideoMode {
-    pub const ALL: [VideoMode; 5] = [VideoMode::None, VideoMode::Dycoke, VideoMode::Ttm, VideoMode::Dp, VideoMode::DycokeP0];
+impl CompressionMode {
+    pub const ALL: [CompressionMode; 5] = [CompressionMode::None, CompressionMode::Dycoke, CompressionMode::Ttm, CompressionMode::Dp, CompressionMode::DycokeP0];
 
     pub fn name(self) -> &'static str {
         match self {
-            VideoMode::None => "none",
-            VideoMode::Dycoke => "dycoke",
-            VideoMode::Ttm => "ttm",
-            VideoMode::Dp => "dp",
-            VideoMode::DycokeP0 => "dycoke-p0",
+            CompressionMode::None => "none",
+            CompressionMode::Dycoke => "dycoke",
+            CompressionMode::Ttm => "ttm",
+            CompressionMode::Dp => "dp",
+            CompressionMode::DycokeP0 => "dycoke-p0",
         }
     }
 
-    pub fn parse(s: &str) -> Option<VideoMode> {
-        VideoMode::ALL.into_iter().find(|m| m.name() == s)
+    pub fn parse(s: &str) -> Option<CompressionMode> {
+        CompressionMode::ALL.into_iter().find(|m| m.name() == s)
     }
 
     pub fn compression(self) -> Compression {
         let ttm = Some(TtmSettings::default());
         let dp = Some(DpSettings::default());
         match self {
-            VideoMode::None => Compression::none(),
-            VideoMode::Dycoke => Compression { ttm, dp },
-            VideoMode::Ttm => Compression { ttm, dp: None },
-            VideoMode::Dp => Compression { ttm: None, dp },
-            VideoMode::DycokeP0 => Compression { ttm, dp: Some(DpSettings::new(0.0).expect("0 is a valid ratio")) },
+            CompressionMode::None => Compression::none(),
+            CompressionMode::Dycoke => Compression { ttm, dp },
+            CompressionMode::Ttm => Compression { ttm, dp: None },
+            CompressionMode::Dp => Compression { ttm: None, dp },
+            CompressionMode::DycokeP0 => Compression { ttm, dp: Some(DpSettings::new(0.0).expect("0 is a valid ratio")) },
         }
     }
 }
 
+/// How frames become embeddings in one mode: the vision model file and the encoder's options.
+///
+/// Written on the command line as `[NAME=]GGUF` (the name defaults to the file's stem). A setting
+/// is handed to the encoding process as its `spec()`, so whatever a setting gains (a weight layout,
+/// temporal reuse) must be written by `spec()` and read back by `parse()`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VisionSetting {
+    /// How rows and JSON objects name the setting (`NAME/compression`).
+    pub name: String,
+    pub mmproj: PathBuf,
+    /// The encoder's options; its thread count is replaced by the benchmark's.
+    pub encoder: EncoderOptions,
+}
+
+impl VisionSetting {
+    pub fn parse(spec: &str) -> std::result::Result<VisionSetting, String> {
+        let (name, path) = match spec.split_once('=') {
+            Some((name, path)) => (Some(name), path),
+            None => (None, spec),
+        };
+        if path.is_empty() {
+            return Err(format!("{spec:?} names no vision model file; write [NAME=]FILE.gguf"));
+        }
+        let mmproj = PathBuf::from(path);
+        let name = match name {
+            Some(n) => n.to_string(),
+            None => mmproj.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+        };
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+            return Err(format!("{name:?} is not a vision setting name (letters, digits, '-', '_' and '.'); write [NAME=]FILE.gguf"));
+        }
+        Ok(VisionSetting { name, mmproj, encoder: EncoderOptions::default() })
+    }
+
+    /// What `parse` reads back as this setting.
+    pub fn spec(&self) -> String {
+        format!("{}={}", self.name, self.mmproj.display())
+    }
+
+    /// The model to load for this setting, with language model `llm`.
+    pub fn model_options(&self, llm: &Path) -> ModelOptions {
+        ModelOptions { mmproj: Some(self.mmproj.clone()), ..ModelOptions::new(llm) }
+    }
+
+    pub fn encoder_options(&self, threads: usize) -> EncoderOptions {
+        EncoderOptions { n_threads: threads, ..self.encoder }
+    }
+}
+
+/// Checks a list of vision settings: at least one, each name once, each file present.
+pub fn check_vision_settings(settings: &[VisionSetting]) -> Result<()> {
+    if settings.is_empty() {
+        return Err(Error::invalid("mmproj", "the benchmark encodes video: pass --mmproj [NAME=]FILE.gguf[,...]"));
+    }
+    for (i, s) in settings.iter().enumerate() {
+        if settings[..i].iter().any(|o| o.name == s.name) {
+            return Err(Error::invalid("mmproj", format!("two vision settings are named {:?}; name them: NAME=FILE.gguf", s.name)));
+        }
+        if !s.mmproj.exists() {
+            return Err(Error::invalid("mmproj", format!("{} does not exist", s.mmproj.display())));
+        }
+    }
+    Ok(())
+}
+
+/// The modes a run measures, in order: the baseline first (the first vision setting without
+/// compression, whether or not `compressions` lists `none`), then every vision setting with every
+/// compression setting. Each is (vision setting index, compression).
+pub fn plan_modes(n_vision: usize, compressions: &[CompressionMode]) -> Vec<(usize, CompressionMode)> {
+    let mut plan = vec![(0, CompressionMode::None)];
+    for v in 0..n_vision {
+        for &c in compressions {
+            if !plan.contains(&(v, c)) {
+                plan.push((v, c));
+            }
+        }
+    }
+    plan
+}
+
 /// Decodes `frames` frames of `video` and encodes them with the model's vision tower, without
 /// compression (TTM runs after the vision encoder, so encoding is the same work in every mode).
-pub fn encode_features(model: &ModelOptions, video: &Path, frames: usize, threads: usize, progress: &mut dyn FnMut(usize, usize)) -> Result<EncodedMedia> {
+pub fn encode_features(model: &ModelOptions, encoder: EncoderOptions, video: &Path, frames: usize, progress: &mut dyn FnMut(usize, usize)) -> Result<EncodedMedia> {
     let model = Model::load(model)?;
     let opts = ConversationOptions {
-        session: SessionOptions { n_threads: threads, n_ctx: 256, ..SessionOptions::default() },
+        session: SessionOptions { n_threads: encoder.n_threads, n_ctx: 256, ..SessionOptions::default() },
         compression: Compression::none(),
         sampling: Sampling::frames(frames)?,
+        encoder,
         ..ConversationOptions::default()
     };
     let mut c = Conversation::new(model, &opts)?;
@@ -113,7 +196,7 @@ fn prompt_positions(model: &Model, media: &EncodedMedia, compression: Compressio
     Ok(text + rows)
 }
 
-/// Settings of one mode's measurement.
+/// Settings of one mode's language-model measurement.
 #[derive(Clone, Debug)]
 pub struct VideoModeOptions {
     pub model: PathBuf,
@@ -125,25 +208,49 @@ pub struct VideoModeOptions {
     pub question: String,
 }
 
-/// What one mode cost.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct VideoModeReport {
-    pub mode: VideoMode,
+/// What encoding the frames with one vision setting cost (measured in its own process).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct VisionReport {
     pub frames: usize,
+    /// Reading, decoding and sampling the video file.
+    pub video_decode_s: f64,
+    /// Preprocessing the frames and the vision graph (tower, projector, pooling), the graph's
+    /// reservation included: what a first request waits for.
+    pub vision_s: f64,
+    /// The encoding process's peak resident memory (Linux).
+    pub peak_rss_bytes: Option<u64>,
+}
+
+impl VisionReport {
+    pub fn of(media: &EncodedMedia) -> VisionReport {
+        VisionReport {
+            frames: media.video().map_or(0, |v| v.frames),
+            video_decode_s: media.timings.decode.as_secs_f64(),
+            vision_s: media.timings.encode.as_secs_f64(),
+            peak_rss_bytes: peak_rss_bytes(),
+        }
+    }
+}
+
+/// What the language model's side of one compression setting cost (measured in its own process,
+/// on features encoded by another).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LlmReport {
     /// Frame tokens the language model received.
     pub visual_tokens: usize,
     /// Positions of the whole prompt.
     pub prompt_tokens: usize,
-    /// Decoding and encoding the frames (the same work in every mode).
-    pub vision_encode_s: f64,
-    /// Temporal token merging.
+    /// Temporal token merging (on the host here; in the vision graph in a real request).
     pub ttm_s: f64,
     /// Evaluating the prompt.
     pub prefill_s: f64,
+    /// From asking for the answer to its first text (the first answer, after prefill): sampling
+    /// the first token and setting up decoding; the whole answer when it gave no text.
+    pub first_token_s: f64,
     /// Median over the answers.
     pub decode_tokens_per_s: f64,
-    /// TTM, prefill and a `gen_tokens` answer: the language model's share of an answer.
-    pub end_to_end_s: f64,
+    /// The median answer's time.
+    pub answer_s: f64,
     pub gen_tokens: usize,
     /// The KV cache, sized to the prompt and answer (rounded up to 256 positions).
     pub kv_cache_bytes: usize,
@@ -158,6 +265,108 @@ pub struct VideoModeReport {
     pub scoring_share: f64,
 }
 
+/// One mode's row of the report: what the user waits for with a vision setting and a compression
+/// setting.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VideoModeReport {
+    /// `vision/compression`.
+    pub mode: String,
+    pub vision: String,
+    pub compression: CompressionMode,
+    pub frames: usize,
+    pub visual_tokens: usize,
+    pub prompt_tokens: usize,
+    pub video_decode_s: f64,
+    /// Preprocessing and the vision graph, all frames.
+    pub vision_s: f64,
+    pub vision_s_per_frame: f64,
+    pub ttm_s: f64,
+    pub prefill_s: f64,
+    /// Time to first token: video decode, preprocessing and vision, TTM, prefill and the first
+    /// answer token.
+    pub ttft_s: f64,
+    pub decode_tok_s: f64,
+    /// Time to first token and the rest of a `gen_tokens` answer (the median one).
+    pub end_to_end_s: f64,
+    pub gen_tokens: usize,
+    pub kv_bytes: usize,
+    /// The larger of the two stages' peaks (encoding and language model run in separate
+    /// processes; one process that runs both holds both models' touched pages, up to their sum).
+    pub peak_rss_bytes: Option<u64>,
+    pub vision_peak_rss_bytes: Option<u64>,
+    pub llm_peak_rss_bytes: Option<u64>,
+    pub decode_steps: u64,
+    pub fresh_selections: u64,
+    pub recalls: u64,
+    pub mean_kept_fraction: f64,
+    pub scoring_share: f64,
+}
+
+impl VideoModeReport {
+    /// The row of vision setting `vision` and compression `compression` from its two stages.
+    pub fn new(vision: &str, compression: CompressionMode, v: &VisionReport, l: &LlmReport) -> VideoModeReport {
+        let ttft = v.video_decode_s + v.vision_s + l.ttm_s + l.prefill_s + l.first_token_s;
+        VideoModeReport {
+            mode: format!("{vision}/{}", compression.name()),
+            vision: vision.to_string(),
+            compression,
+            frames: v.frames,
+            visual_tokens: l.visual_tokens,
+            prompt_tokens: l.prompt_tokens,
+            video_decode_s: v.video_decode_s,
+            vision_s: v.vision_s,
+            vision_s_per_frame: v.vision_s / v.frames.max(1) as f64,
+            ttm_s: l.ttm_s,
+            prefill_s: l.prefill_s,
+            ttft_s: ttft,
+            decode_tok_s: l.decode_tokens_per_s,
+            end_to_end_s: ttft - l.first_token_s + l.answer_s,
+            gen_tokens: l.gen_tokens,
+            kv_bytes: l.kv_cache_bytes,
+            peak_rss_bytes: v.peak_rss_bytes.max(l.peak_rss_bytes),
+            vision_peak_rss_bytes: v.peak_rss_bytes,
+            llm_peak_rss_bytes: l.peak_rss_bytes,
+            decode_steps: l.decode_steps,
+            fresh_selections: l.fresh_selections,
+            recalls: l.recalls,
+            mean_kept_fraction: l.mean_kept_fraction,
+            scoring_share: l.scoring_share,
+        }
+    }
+}
+
+/// A mode's gains over the baseline (above 1: better).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Gains {
+    pub visual_tokens: f64,
+    pub vision_s_per_frame: f64,
+    pub prefill_s: f64,
+    pub ttft_s: f64,
+    pub decode_tok_s: f64,
+    pub end_to_end_s: f64,
+    pub kv_bytes: f64,
+    pub peak_rss_bytes: Option<f64>,
+}
+
+impl Gains {
+    pub fn over(base: &VideoModeReport, r: &VideoModeReport) -> Gains {
+        let less = |b: f64, x: f64| b / x.max(1e-9);
+        Gains {
+            visual_tokens: less(base.visual_tokens as f64, r.visual_tokens.max(1) as f64),
+            vision_s_per_frame: less(base.vision_s_per_frame, r.vision_s_per_frame),
+            prefill_s: less(base.prefill_s, r.prefill_s),
+            ttft_s: less(base.ttft_s, r.ttft_s),
+            decode_tok_s: less(r.decode_tok_s, base.decode_tok_s),
+            end_to_end_s: less(base.end_to_end_s, r.end_to_end_s),
+            kv_bytes: less(base.kv_bytes as f64, r.kv_bytes.max(1) as f64),
+            peak_rss_bytes: match (base.peak_rss_bytes, r.peak_rss_bytes) {
+                (Some(b), Some(x)) => Some(less(b as f64, x as f64)),
+                _ => None,
+            },
+        }
+    }
+}
+
 /// The process's peak resident set (VmHWM), where the system reports it.
 pub fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -166,20 +375,21 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Measures one mode on `features`: TTM, prefill, `reps` answers of `gen_tokens` greedy tokens.
-pub fn run_video_mode(opts: &VideoModeOptions, features: &EncodedMedia, mode: VideoMode) -> Result<VideoModeReport> {
+/// Measures the language model's side of `compression` on `features`: TTM, prefill, `reps`
+/// answers of `gen_tokens` greedy tokens.
+pub fn run_llm_mode(opts: &VideoModeOptions, features: &EncodedMedia, compression: CompressionMode) -> Result<LlmReport> {
     let model = Model::load(&ModelOptions::new(&opts.model))?;
-    let compression = mode.compression();
-    let prompt_tokens = prompt_positions(&model, features, compression, &opts.question)?;
-    let mut c = conversation(&model, opts.threads, compression, prompt_tokens + opts.gen_tokens + 1)?;
-    let start = Instant::now();
+    let settings = compression.compression();
+    let prompt_tokens = prompt_positions(&model, features, settings, &opts.question)?;
+    let mut c = conversation(&model, opts.threads, settings, prompt_tokens + opts.gen_tokens + 1)?;
     let media = c.push_media(features.clone())?;
-    let ttm = if compression.ttm.is_some() { start.elapsed() } else { Duration::ZERO };
-    let (visual_tokens, frames) = (media.visual_tokens(), media.video().map_or(0, |v| v.frames));
+    let ttm = media.timings.ttm;
+    let visual_tokens = media.visual_tokens();
     let prefill = c.prepare(&opts.question, &mut progress::ignore)?.time;
 
     let params = GenerateParams { max_tokens: opts.gen_tokens, sampler: SamplerParams::default(), ignore_eos: true };
     let mut decodes = Vec::new();
+    let mut first_token = None;
     for rep in 0..opts.reps.max(1) {
         let stats = if rep > 0 {
             // The same prompt: everything is reused but its last position.
@@ -188,23 +398,29 @@ pub fn run_video_mode(opts: &VideoModeOptions, features: &EncodedMedia, mode: Vi
         } else {
             dycoke::session::PromptStats { total: prompt_tokens, reused: 0, evaluated: prompt_tokens, time: prefill }
         };
-        let a = c.answer(&params, stats, &mut |_| true)?;
+        let start = Instant::now();
+        let mut first_text = None;
+        let a = c.answer(&params, stats, &mut |_| {
+            first_text.get_or_insert_with(|| start.elapsed());
+            true
+        })?;
+        if rep == 0 {
+            first_token = Some(first_text.unwrap_or(a.decode_time));
+        }
         decodes.push((a.decode_time, a.tokens.len()));
     }
     decodes.sort_by_key(|d| d.0);
     let (decode, tokens) = decodes[decodes.len() / 2];
     let stats = c.stats().clone();
     let decode_total: Duration = decodes.iter().map(|d| d.0).sum();
-    Ok(VideoModeReport {
-        mode,
-        frames,
+    Ok(LlmReport {
         visual_tokens,
         prompt_tokens,
-        vision_encode_s: (features.timings.decode + features.timings.encode).as_secs_f64(),
         ttm_s: ttm.as_secs_f64(),
         prefill_s: prefill.as_secs_f64(),
+        first_token_s: first_token.unwrap_or_default().as_secs_f64(),
         decode_tokens_per_s: tokens as f64 / decode.as_secs_f64().max(1e-9),
-        end_to_end_s: (ttm + prefill + decode).as_secs_f64(),
+        answer_s: decode.as_secs_f64(),
         gen_tokens: tokens,
         kv_cache_bytes: c.session().llm().cache().bytes(),
         peak_rss_bytes: peak_rss_bytes(),
@@ -222,7 +438,7 @@ pub fn run_video_mode(opts: &VideoModeOptions, features: &EncodedMedia, mode: Vi
 /// the uncompressed greedy answer.
 #[derive(Clone, Debug, Serialize)]
 pub struct FidelityRow {
-    pub mode: VideoMode,
+    pub mode: CompressionMode,
     pub visual_tokens: usize,
     pub steps: usize,
     /// Mean over steps of KL(uncompressed || mode), in nats.
@@ -267,7 +483,7 @@ fn forced_logits(c: &mut Conversation, question: &str, forced: &[u32]) -> Result
 }
 
 /// Fidelity of `modes` against the uncompressed model over `steps` greedy steps.
-pub fn run_fidelity(opts: &VideoModeOptions, features: &EncodedMedia, steps: usize, modes: &[VideoMode], progress: &mut dyn FnMut(&FidelityRow)) -> Result<Vec<FidelityRow>> {
+pub fn run_fidelity(opts: &VideoModeOptions, features: &EncodedMedia, steps: usize, modes: &[CompressionMode], progress: &mut dyn FnMut(&FidelityRow)) -> Result<Vec<FidelityRow>> {
     let model = Model::load(&ModelOptions::new(&opts.model))?;
     let positions = prompt_positions(&model, features, Compression::none(), &opts.question)? + steps + 1;
     let mut c = conversation(&model, opts.threads, Compression::none(), positions)?;
@@ -326,11 +542,109 @@ mod tests {
 
     #[test]
     fn modes_parse_and_name_each_other() {
-        for m in VideoMode::ALL {
-            assert_eq!(VideoMode::parse(m.name()), Some(m));
+        for m in CompressionMode::ALL {
+            assert_eq!(CompressionMode::parse(m.name()), Some(m));
         }
-        assert_eq!(VideoMode::parse("fastv"), None);
-        assert!(VideoMode::None.compression().is_none());
-        assert_eq!(VideoMode::DycokeP0.compression().dp.unwrap().ratio(), 0.0);
+        assert_eq!(CompressionMode::parse("fastv"), None);
+        assert!(CompressionMode::None.compression().is_none());
+        assert_eq!(CompressionMode::DycokeP0.compression().dp.unwrap().ratio(), 0.0);
+    }
+
+    #[test]
+    fn vision_settings_parse_name_and_round_trip() {
+        let s = VisionSetting::parse("models/siglip-f16.gguf").unwrap();
+        assert_eq!((s.name.as_str(), s.mmproj.as_path()), ("siglip-f16", Path::new("models/siglip-f16.gguf")));
+        let named = VisionSetting::parse("bf16=/tmp/a=b.gguf").unwrap();
+        assert_eq!((named.name.as_str(), named.mmproj.as_path()), ("bf16", Path::new("/tmp/a=b.gguf")));
+        for s in [s, named] {
+            assert_eq!(VisionSetting::parse(&s.spec()).unwrap(), s);
+        }
+        for bad in ["", "f16=", "=x.gguf", "a/b=x.gguf", "f 16=x.gguf"] {
+            let e = VisionSetting::parse(bad).unwrap_err();
+            assert!(e.contains("[NAME=]FILE.gguf"), "{bad:?}: {e}");
+        }
+        assert_eq!(VisionSetting::parse("x.gguf").unwrap().encoder_options(3).n_threads, 3);
+    }
+
+    #[test]
+    fn vision_settings_are_checked_as_a_list() {
+        let file = std::env::current_exe().unwrap();
+        let named = |name: &str, path: &Path| VisionSetting::parse(&format!("{name}={}", path.display())).unwrap();
+        assert!(check_vision_settings(&[named("a", &file), named("b", &file)]).is_ok());
+        let msg = |r: Result<()>| r.unwrap_err().to_string();
+        assert!(msg(check_vision_settings(&[])).contains("--mmproj"));
+        assert!(msg(check_vision_settings(&[named("a", &file), named("a", &file)])).contains("two vision settings are named \"a\""));
+        assert!(msg(check_vision_settings(&[named("a", Path::new("/nonexistent/v.gguf"))])).contains("/nonexistent/v.gguf"));
+    }
+
+    #[test]
+    fn the_plan_starts_with_the_baseline_and_covers_every_pair_once() {
+        use CompressionMode::*;
+        assert_eq!(plan_modes(1, &[None, Dycoke]), vec![(0, None), (0, Dycoke)]);
+        assert_eq!(plan_modes(1, &[Dycoke]), vec![(0, None), (0, Dycoke)]);
+        assert_eq!(plan_modes(2, &[Dycoke, None, Dycoke]), vec![(0, None), (0, Dycoke), (1, Dycoke), (1, None)]);
+    }
+
+    fn stages() -> (VisionReport, LlmReport) {
+        let v = VisionReport { frames: 8, video_decode_s: 0.5, vision_s: 40.0, peak_rss_bytes: Some(900 << 20) };
+        let l = LlmReport {
+            visual_tokens: 740,
+            prompt_tokens: 800,
+            ttm_s: 0.02,
+            prefill_s: 7.0,
+            first_token_s: 0.03,
+            decode_tokens_per_s: 30.0,
+            answer_s: 1.1,
+            gen_tokens: 32,
+            kv_cache_bytes: 12 << 20,
+            peak_rss_bytes: Some(600 << 20),
+            ..LlmReport::default()
+        };
+        (v, l)
+    }
+
+    #[test]
+    fn a_row_adds_up_what_the_user_waits_for() {
+        let (v, l) = stages();
+        let r = VideoModeReport::new("f16", CompressionMode::Dycoke, &v, &l);
+        assert_eq!(r.mode, "f16/dycoke");
+        assert_eq!((r.frames, r.visual_tokens, r.kv_bytes), (8, 740, 12 << 20));
+        assert!((r.ttft_s - (0.5 + 40.0 + 0.02 + 7.0 + 0.03)).abs() < 1e-9);
+        assert!((r.end_to_end_s - (0.5 + 40.0 + 0.02 + 7.0 + 1.1)).abs() < 1e-9);
+        assert!((r.vision_s_per_frame - 5.0).abs() < 1e-12);
+        assert!(r.ttft_s >= r.vision_s + r.prefill_s);
+        // The two stages ran in separate processes: the larger peak is the mode's.
+        assert_eq!((r.peak_rss_bytes, r.llm_peak_rss_bytes), (Some(900 << 20), Some(600 << 20)));
+    }
+
+    #[test]
+    fn gains_are_above_one_where_the_mode_is_better() {
+        let (v, l) = stages();
+        let base = VideoModeReport::new("f16", CompressionMode::None, &v, &LlmReport { visual_tokens: 1568, prefill_s: 14.0, decode_tokens_per_s: 20.0, kv_cache_bytes: 24 << 20, ..l.clone() });
+        let fast = VideoModeReport::new("bf16", CompressionMode::Dycoke, &VisionReport { vision_s: 20.0, ..v.clone() }, &l);
+        let g = Gains::over(&base, &fast);
+        assert!((g.visual_tokens - 1568.0 / 740.0).abs() < 1e-12);
+        assert!((g.vision_s_per_frame - 2.0).abs() < 1e-12);
+        assert!((g.prefill_s - 2.0).abs() < 1e-12);
+        assert!((g.decode_tok_s - 1.5).abs() < 1e-12);
+        assert!((g.kv_bytes - 2.0).abs() < 1e-12);
+        assert!((g.ttft_s - base.ttft_s / fast.ttft_s).abs() < 1e-12 && g.ttft_s > 1.0);
+        assert_eq!(g.peak_rss_bytes, Some(1.0));
+        let same = Gains::over(&base, &base);
+        assert!([same.ttft_s, same.vision_s_per_frame, same.end_to_end_s].iter().all(|&x| (x - 1.0).abs() < 1e-12));
+    }
+
+    #[test]
+    fn the_json_object_has_the_reported_fields() {
+        let (v, l) = stages();
+        let json = serde_json::to_value(VideoModeReport::new("f16", CompressionMode::None, &v, &l)).unwrap();
+        for field in ["mode", "frames", "visual_tokens", "vision_s", "prefill_s", "ttft_s", "decode_tok_s", "kv_bytes", "peak_rss_bytes"] {
+            assert!(json.get(field).is_some(), "{field} missing from {json}");
+        }
+        assert_eq!(json["mode"], "f16/none");
+        assert_eq!(json["compression"], "none");
+        // The stages' reports cross a process boundary as JSON.
+        assert_eq!(serde_json::from_str::<LlmReport>(&serde_json::to_string(&l).unwrap()).unwrap(), l);
+        assert_eq!(serde_json::from_str::<VisionReport>(&serde_json::to_string(&v).unwrap()).unwrap(), v);
     }
 }
