@@ -180,7 +180,10 @@ fn print_stats(chat: &Conversation, last: Option<&Answer>) {
         None => eprintln!("last turn: no answer yet"),
     }
     let m = chat.encoder_counters();
-    eprintln!("media: {} vision encodes, {} from the embedding cache, {} cache entries rebuilt", m.vision_encodes, m.cache_hits, m.cache_rebuilds);
+    eprintln!(
+        "media: {} vision encodes ({} frames encoded, {} repeated frames reused), {} from the embedding cache, {} cache entries rebuilt",
+        m.vision_encodes, m.frames_encoded, m.frames_reused, m.cache_hits, m.cache_rebuilds
+    );
     if !chat.compression().is_none() && chat.media().iter().any(|m| m.video().is_some()) {
         eprintln!("DyCoke: {}", chat.stats().to_json());
     }

@@ -103,6 +103,10 @@ pub fn run(a: RunArgs) -> dycoke::Result<()> {
         for m in chat.media() {
             eprintln!("media:   {}; {} rows", describe(m), m.n_rows());
         }
+        let c = chat.encoder_counters();
+        if c.frames_encoded + c.frames_reused > 0 {
+            eprintln!("vision:  {} frames encoded, {} repeated frames reused", c.frames_encoded, c.frames_reused);
+        }
         eprintln!("prompt:  {} (reused {})", rate(result.prompt.evaluated, result.prompt.time.as_secs_f64()), result.prompt.reused);
         eprintln!("decode:  {}", rate(result.tokens.len(), result.decode_time.as_secs_f64()));
         eprintln!("stop:    {:?}", result.stop);

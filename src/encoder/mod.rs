@@ -208,6 +208,11 @@ pub struct EncoderCounters {
     pub cache_hits: usize,
     /// Cache entries found unusable (corrupt, truncated, stale) and rebuilt.
     pub cache_rebuilds: usize,
+    /// Video frames run through the vision tower.
+    pub frames_encoded: usize,
+    /// Video frames identical to an earlier frame of their video after preprocessing, whose rows
+    /// were copied instead of encoded.
+    pub frames_reused: usize,
 }
 
 /// Settings of a media encoder.
@@ -328,6 +333,8 @@ impl MediaEncoder {
         rows.extend_from_slice(ctx.model().newline());
         let tokens_per_frame = ctx.model().params().tokens_per_frame();
         self.counters.vision_encodes += 1;
+        self.counters.frames_encoded += out.work.frames_encoded;
+        self.counters.frames_reused += out.work.frames_reused;
         let layout = Layout::Video(VideoLayout { frames: video.frames.len(), tokens_per_frame, frame_indices: video.indices, ttm: out.kept });
         let mut m = EncodedMedia::new(path, rows, self.n_embd, layout)?;
         m.note = video.note;

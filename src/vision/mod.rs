@@ -218,6 +218,51 @@ pub struct EncodedFrames {
     pub rows: Vec<f32>,
     /// What each frame kept, when TTM ran.
     pub kept: Option<Vec<Kept>>,
+    /// What the tower computed and what it reused.
+    pub work: VideoWork,
+}
+
+/// The vision tower's work on a video.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VideoWork {
+    /// Frames run through the tower.
+    pub frames_encoded: usize,
+    /// Frames whose preprocessed pixels equal an earlier frame's: its rows were copied.
+    pub frames_reused: usize,
+}
+
+/// Which frames of a video are the same picture.
+struct DistinctFrames {
+    /// The first frame of each distinct picture, in order.
+    first: Vec<usize>,
+    /// For each frame, its picture's index in `first`.
+    slot: Vec<usize>,
+}
+
+impl DistinctFrames {
+    /// Groups frames by their exact pixel values (bit patterns: -0.0 and 0.0 differ, which only
+    /// costs a second encode). The hash finds candidates; a full comparison decides, so a
+    /// collision can never merge two pictures.
+    fn of(pixels: &[Vec<f32>]) -> DistinctFrames {
+        let mut by_hash: std::collections::HashMap<[u8; 32], Vec<usize>> = std::collections::HashMap::new();
+        let mut first: Vec<usize> = Vec::new();
+        let mut slot = Vec::with_capacity(pixels.len());
+        for (f, p) in pixels.iter().enumerate() {
+            let bytes: Vec<u8> = p.iter().flat_map(|x| x.to_bits().to_le_bytes()).collect();
+            let hash = *blake3::hash(&bytes).as_bytes();
+            let same = |&u: &usize| pixels[first[u]].iter().zip(p).all(|(a, b)| a.to_bits() == b.to_bits());
+            let candidates = by_hash.entry(hash).or_default();
+            match candidates.iter().copied().find(|u| same(u)) {
+                Some(u) => slot.push(u),
+                None => {
+                    candidates.push(first.len());
+                    slot.push(first.len());
+                    first.push(f);
+                }
+            }
+        }
+        DistinctFrames { first, slot }
+    }
 }
 
 /// A session's vision runner: its own backend and scheduler, reserved once for the largest graph,
@@ -345,9 +390,10 @@ impl VisionContext {
     }
 
     /// A video's frames, projected and pooled: [tokens][out_dim] (the newline is not included),
-    /// compressed by TTM with prune ratio `ttm_k` (in [0, 1)) when it is given. `progress(done,
-    /// total)` counts frames; when it returns false the work stops after that chunk with
-    /// `Error::Cancelled`.
+    /// compressed by TTM with prune ratio `ttm_k` (in [0, 1)) when it is given. Frames whose
+    /// preprocessed pixels are identical are encoded once. `progress(done, total)` counts the
+    /// frames encoded (all of them when none repeats); when it returns false the work stops after
+    /// that chunk with `Error::Cancelled`.
     pub fn encode_video(&mut self, frames: &[Frame], ttm_k: Option<f64>, progress: &mut dyn FnMut(usize, usize) -> bool) -> Result<EncodedFrames> {
         if let Some(k) = ttm_k {
             if !(0.0..1.0).contains(&k) {
@@ -355,23 +401,42 @@ impl VisionContext {
             }
         }
         let n = self.model.params.tokens_per_frame();
-        let mut out = EncodedFrames { rows: Vec::with_capacity(frames.len() * self.size_at(Stage::Pooled)), kept: ttm_k.map(|_| Vec::new()) };
+        let per_frame = self.size_at(Stage::Pooled);
+        let pixels: Vec<Vec<f32>> = frames.iter().map(|f| self.frame_pixels(std::slice::from_ref(f))).collect();
+        let distinct = DistinctFrames::of(&pixels);
+        let all_distinct = distinct.first.len() == frames.len();
+        // TTM needs every frame's rows; with repeats they exist only once expanded on the host,
+        // where `ttm::apply` makes the same selection as the graph's node.
+        let graph_ttm = ttm_k.filter(|_| all_distinct);
+        let mut pooled = Vec::with_capacity(distinct.first.len() * per_frame);
+        let mut kept = graph_ttm.map(|_| Vec::new());
         let mut done = 0;
         // Chunks start at multiples of 4 (the batch is one): TTM's windows never straddle two.
-        for chunk in frames.chunks(self.batch) {
-            let pixels = self.frame_pixels(chunk);
-            let (rows, idx) = self.run_graph(Stage::Pixels, Stage::Pooled, &pixels, chunk.len(), ttm_k)?;
-            out.rows.extend(rows);
-            if let (Some(kept), Some(idx)) = (&mut out.kept, idx) {
+        for chunk in distinct.first.chunks(self.batch) {
+            let input: Vec<f32> = chunk.iter().flat_map(|&f| pixels[f].iter().copied()).collect();
+            let (rows, idx) = self.run_graph(Stage::Pixels, Stage::Pooled, &input, chunk.len(), graph_ttm)?;
+            pooled.extend(rows);
+            if let (Some(kept), Some(idx)) = (&mut kept, idx) {
                 let chunk_kept = ttm::kept_from_rows(&idx, chunk.len(), n).ok_or_else(|| Error::invalid("TTM output", "the row indices are not a selection"))?;
                 kept.extend(chunk_kept);
             }
             done += chunk.len();
-            if !progress(done, frames.len()) && done < frames.len() {
+            if !progress(done, distinct.first.len()) && done < distinct.first.len() {
                 return Err(Error::Cancelled);
             }
         }
-        Ok(out)
+        let work = VideoWork { frames_encoded: distinct.first.len(), frames_reused: frames.len() - distinct.first.len() };
+        if all_distinct {
+            return Ok(EncodedFrames { rows: pooled, kept, work });
+        }
+        let rows: Vec<f32> = distinct.slot.iter().flat_map(|&u| pooled[u * per_frame..(u + 1) * per_frame].iter().copied()).collect();
+        Ok(match ttm_k {
+            None => EncodedFrames { rows, kept: None, work },
+            Some(k) => {
+                let out = ttm::apply(&rows, frames.len(), n, self.model.params.out_dim, k)?;
+                EncodedFrames { rows: out.rows, kept: Some(out.kept), work }
+            }
+        })
     }
 
     /// An image through the anyres path: [tokens][out_dim], newlines included, and the number of
