@@ -204,6 +204,8 @@ fn field(s: Setting) -> &'static str {
         // Settings the C API does not expose keep their own words.
         Setting::BatchSize
         | Setting::VisionBatch
+        | Setting::VisionReuseLayer
+        | Setting::VisionReuseThreshold
         | Setting::Fps
         | Setting::DpThreshold
         | Setting::MinP

@@ -19,6 +19,10 @@ pub enum Setting {
     Threads,
     /// Images per vision graph.
     VisionBatch,
+    /// The vision tower block temporal reuse starts at.
+    VisionReuseLayer,
+    /// Temporal reuse's change threshold.
+    VisionReuseThreshold,
     /// Frames sampled uniformly from a video.
     Frames,
     /// Frames sampled per second of video.
@@ -57,6 +61,8 @@ impl Setting {
             Setting::BatchSize => "batch size",
             Setting::Threads => "thread count",
             Setting::VisionBatch => "vision batch",
+            Setting::VisionReuseLayer => "vision reuse layer",
+            Setting::VisionReuseThreshold => "vision reuse threshold",
             Setting::Frames => "frame count",
             Setting::Fps => "frame rate",
             Setting::MaxFrames => "frame cap",

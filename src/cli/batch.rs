@@ -74,7 +74,8 @@ pub fn run(a: BatchArgs) -> dycoke::Result<()> {
     if model_opts.mmproj.is_none() && todo.iter().any(|it| it.request.as_ref().is_ok_and(|r| r.video.is_some() || r.image.is_some())) {
         return Err(Error::NoVisionModel);
     }
-    let options = a.context.conversation(compression, sampling, a.system.clone())?;
+    let mut options = a.context.conversation(compression, sampling, a.system.clone())?;
+    options.encoder.temporal_reuse = a.frames.temporal_reuse()?;
     let cache = a.frames.cache()?;
     let model = Model::load(&model_opts)?;
     let mut chat = Conversation::new(model, &options)?;

@@ -51,7 +51,8 @@ pub fn run(a: ChatArgs) -> dycoke::Result<()> {
     let compression = a.compress.compression(vision)?;
     let sampling = a.media.sampling()?;
     let cache = a.media.cache()?;
-    let options = a.context.conversation(compression, sampling, a.system.clone())?;
+    let mut options = a.context.conversation(compression, sampling, a.system.clone())?;
+    options.encoder.temporal_reuse = a.media.frames.temporal_reuse()?;
     let model = Model::load(&model_opts)?;
     let mut chat = Conversation::new(model.clone(), &options)?;
     chat.set_embedding_cache(cache);
@@ -180,7 +181,15 @@ fn print_stats(chat: &Conversation, last: Option<&Answer>) {
         None => eprintln!("last turn: no answer yet"),
     }
     let m = chat.encoder_counters();
-    eprintln!("media: {} vision encodes, {} from the embedding cache, {} cache entries rebuilt", m.vision_encodes, m.cache_hits, m.cache_rebuilds);
+    eprintln!(
+        "media: {} vision encodes ({} frames encoded, {} repeated frames reused, {:.1}% of the tower's position-blocks skipped by temporal reuse), {} from the embedding cache, {} cache entries rebuilt",
+        m.vision_encodes,
+        m.frames_encoded,
+        m.frames_reused,
+        100.0 * m.reused_share(),
+        m.cache_hits,
+        m.cache_rebuilds
+    );
     if !chat.compression().is_none() && chat.media().iter().any(|m| m.video().is_some()) {
         eprintln!("DyCoke: {}", chat.stats().to_json());
     }

@@ -56,6 +56,7 @@ pub fn flag(s: Setting) -> &'static str {
         Setting::BatchSize => "-b/--batch-size",
         Setting::Threads => "-t/--threads",
         Setting::VisionBatch => "--batch",
+        Setting::VisionReuseLayer | Setting::VisionReuseThreshold => "--vision-reuse",
         Setting::Frames => "--frames",
         Setting::Fps => "--fps",
         Setting::MaxFrames => "--max-frames",

@@ -73,7 +73,9 @@ pub fn run(a: RunArgs) -> dycoke::Result<()> {
     }
     // With media the system turn defaults to the evaluation convention's (the conversation's
     // default); a text prompt gets the chat template's own.
-    let mut chat = Conversation::new(model.clone(), &a.context.conversation(compression, sampling, a.system.clone())?)?;
+    let mut options = a.context.conversation(compression, sampling, a.system.clone())?;
+    options.encoder.temporal_reuse = a.media.frames.temporal_reuse()?;
+    let mut chat = Conversation::new(model.clone(), &options)?;
     chat.set_embedding_cache(cache);
     a.media.add_all(&mut chat, &CancelToken::new())?;
     let mut bars = PhaseBars::default();
@@ -102,6 +104,15 @@ pub fn run(a: RunArgs) -> dycoke::Result<()> {
         eprintln!("load:    {:.2} s", model.load_time().as_secs_f64());
         for m in chat.media() {
             eprintln!("media:   {}; {} rows", describe(m), m.n_rows());
+        }
+        let c = chat.encoder_counters();
+        if c.frames_encoded + c.frames_reused > 0 {
+            eprintln!(
+                "vision:  {} frames encoded, {} repeated frames reused; temporal reuse skipped {:.1}% of the tower's position-blocks",
+                c.frames_encoded,
+                c.frames_reused,
+                100.0 * c.reused_share()
+            );
         }
         eprintln!("prompt:  {} (reused {})", rate(result.prompt.evaluated, result.prompt.time.as_secs_f64()), result.prompt.reused);
         eprintln!("decode:  {}", rate(result.tokens.len(), result.decode_time.as_secs_f64()));

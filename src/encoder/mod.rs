@@ -20,7 +20,7 @@ use crate::media::{self, Sampling};
 use crate::model::Model;
 use crate::progress::{Phase, Progress};
 use crate::prompt::MediaKind;
-use crate::vision::{VisionContext, VisionModel};
+use crate::vision::{TemporalReuse, VisionContext, VisionModel};
 use cache::{CacheKey, EmbeddingCache, Lookup};
 
 /// How a medium's rows are laid out.
@@ -208,6 +208,26 @@ pub struct EncoderCounters {
     pub cache_hits: usize,
     /// Cache entries found unusable (corrupt, truncated, stale) and rebuilt.
     pub cache_rebuilds: usize,
+    /// Video frames run through the vision tower.
+    pub frames_encoded: usize,
+    /// Video frames identical to an earlier frame of their video after preprocessing, whose rows
+    /// were copied instead of encoded.
+    pub frames_reused: usize,
+    /// Position-blocks of the vision tower over the frames encoded (positions times blocks).
+    pub token_layers: usize,
+    /// Of those, the ones temporal reuse skipped.
+    pub token_layers_reused: usize,
+}
+
+impl EncoderCounters {
+    /// The share of the tower's position-blocks temporal reuse skipped (0 when nothing was encoded).
+    pub fn reused_share(&self) -> f64 {
+        if self.token_layers == 0 {
+            0.0
+        } else {
+            self.token_layers_reused as f64 / self.token_layers as f64
+        }
+    }
 }
 
 /// Settings of a media encoder.
@@ -217,11 +237,14 @@ pub struct EncoderOptions {
     pub n_threads: usize,
     /// Images (frames, crops) per vision graph: more uses more memory, fewer graph launches.
     pub vision_batch: usize,
+    /// Temporal reuse inside the vision tower for videos (off by default: it trades fidelity for
+    /// speed; see `vision::reuse`).
+    pub temporal_reuse: Option<TemporalReuse>,
 }
 
 impl Default for EncoderOptions {
     fn default() -> EncoderOptions {
-        EncoderOptions { n_threads: crate::session::default_threads(), vision_batch: 8 }
+        EncoderOptions { n_threads: crate::session::default_threads(), vision_batch: 8, temporal_reuse: None }
     }
 }
 
@@ -231,7 +254,7 @@ impl EncoderOptions {
         if vision_batch == 0 || vision_batch > 64 {
             return Err(Error::setting(Setting::VisionBatch, format!("{vision_batch} is outside 1..=64")));
         }
-        Ok(EncoderOptions { n_threads, vision_batch })
+        Ok(EncoderOptions { n_threads, vision_batch, temporal_reuse: None })
     }
 }
 
@@ -248,9 +271,13 @@ pub struct MediaEncoder {
 }
 
 impl MediaEncoder {
-    /// An encoder for `model`'s vision tower; `Error::NoVisionModel` when it has none.
+    /// An encoder for `model`'s vision tower; `Error::NoVisionModel` when it has none. The temporal
+    /// reuse layer is checked against the tower here.
     pub fn new(model: &Model, options: EncoderOptions) -> Result<MediaEncoder> {
         let vision = model.vision().ok_or(Error::NoVisionModel)?.clone();
+        if let Some(r) = options.temporal_reuse {
+            r.check_tower(vision.params().tower.n_layer)?;
+        }
         Ok(MediaEncoder {
             model: vision,
             device: model.device(),
@@ -273,7 +300,9 @@ impl MediaEncoder {
 
     fn context(&mut self) -> Result<&mut VisionContext> {
         if self.context.is_none() {
-            self.context = Some(VisionContext::new(self.model.clone(), self.device, self.options.n_threads, self.options.vision_batch)?);
+            let mut ctx = VisionContext::new(self.model.clone(), self.device, self.options.n_threads, self.options.vision_batch)?;
+            ctx.set_temporal_reuse(self.options.temporal_reuse)?;
+            self.context = Some(ctx);
         }
         Ok(self.context.as_mut().expect("created above"))
     }
@@ -328,6 +357,10 @@ impl MediaEncoder {
         rows.extend_from_slice(ctx.model().newline());
         let tokens_per_frame = ctx.model().params().tokens_per_frame();
         self.counters.vision_encodes += 1;
+        self.counters.frames_encoded += out.work.frames_encoded;
+        self.counters.frames_reused += out.work.frames_reused;
+        self.counters.token_layers += out.work.token_layers;
+        self.counters.token_layers_reused += out.work.token_layers_reused;
         let layout = Layout::Video(VideoLayout { frames: video.frames.len(), tokens_per_frame, frame_indices: video.indices, ttm: out.kept });
         let mut m = EncodedMedia::new(path, rows, self.n_embd, layout)?;
         m.note = video.note;

@@ -3,6 +3,7 @@
 
 pub mod preprocess;
 pub mod projector;
+pub mod reuse;
 pub mod siglip;
 
 use std::path::Path;
@@ -18,7 +19,9 @@ use crate::gguf::{GgufError, GgufFile};
 use crate::media::Frame;
 use crate::weights::{Placement, WeightLoader, WeightStore};
 use projector::ProjectorWeights;
-use siglip::{SiglipParams, SiglipWeights};
+use reuse::ReuseState;
+pub use reuse::TemporalReuse;
+use siglip::{ImageKv, SiglipParams, SiglipWeights};
 
 /// The vision model's settings.
 #[derive(Clone, Debug, PartialEq)]
@@ -187,14 +190,26 @@ fn graph_nodes(n_layer: usize) -> usize {
     n_layer * 48 + 64
 }
 
-/// What a graph computes: from which stage to which, for how many images, and TTM's prune ratio
-/// (its bits) when TTM follows pooling.
+/// What a graph computes: from which stage to which, for how many images, the part of the tower
+/// it runs, and TTM's prune ratio (its bits) when TTM follows pooling.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct GraphShape {
     from: Stage,
     to: Stage,
     n: usize,
+    tower: TowerPart,
     ttm_k: Option<u64>,
+}
+
+/// The blocks a graph from pixels runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TowerPart {
+    All,
+    /// Blocks before this one: the output is its input, shaped as features.
+    Until(usize),
+    /// Blocks from `first` on for `tokens` positions of one image, with temporal reuse's keys and
+    /// values (the input is those positions' hidden states, the output their features).
+    Changed { first: usize, tokens: usize },
 }
 
 /// A built graph with its input and outputs.
@@ -206,6 +221,8 @@ struct VisionGraph {
     output: Tensor,
     /// TTM's kept row indices (I32), when the graph runs TTM.
     kept_rows: Option<Tensor>,
+    /// The recomputed positions (I32 input) of a `TowerPart::Changed` graph.
+    positions: Option<Tensor>,
     /// Whether the scheduler holds this graph's tensors. Only the graph allocated last may run
     /// again without a new allocation: ggml keeps the addresses a tensor got in its first one.
     allocated: bool,
@@ -218,15 +235,67 @@ pub struct EncodedFrames {
     pub rows: Vec<f32>,
     /// What each frame kept, when TTM ran.
     pub kept: Option<Vec<Kept>>,
+    /// What the tower computed and what it reused.
+    pub work: VideoWork,
+}
+
+/// The vision tower's work on a video.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VideoWork {
+    /// Frames run through the tower.
+    pub frames_encoded: usize,
+    /// Frames whose preprocessed pixels equal an earlier frame's: its rows were copied.
+    pub frames_reused: usize,
+    /// Position-blocks of the encoded frames (positions times blocks).
+    pub token_layers: usize,
+    /// Of those, the ones temporal reuse skipped.
+    pub token_layers_reused: usize,
+}
+
+/// Which frames of a video are the same picture.
+struct DistinctFrames {
+    /// The first frame of each distinct picture, in order.
+    first: Vec<usize>,
+    /// For each frame, its picture's index in `first`.
+    slot: Vec<usize>,
+}
+
+impl DistinctFrames {
+    /// Groups frames by their exact pixel values (bit patterns: -0.0 and 0.0 differ, which only
+    /// costs a second encode). The hash finds candidates; a full comparison decides, so a
+    /// collision can never merge two pictures.
+    fn of(pixels: &[Vec<f32>]) -> DistinctFrames {
+        let mut by_hash: std::collections::HashMap<[u8; 32], Vec<usize>> = std::collections::HashMap::new();
+        let mut first: Vec<usize> = Vec::new();
+        let mut slot = Vec::with_capacity(pixels.len());
+        for (f, p) in pixels.iter().enumerate() {
+            let bytes: Vec<u8> = p.iter().flat_map(|x| x.to_bits().to_le_bytes()).collect();
+            let hash = *blake3::hash(&bytes).as_bytes();
+            let same = |&u: &usize| pixels[first[u]].iter().zip(p).all(|(a, b)| a.to_bits() == b.to_bits());
+            let candidates = by_hash.entry(hash).or_default();
+            match candidates.iter().copied().find(|u| same(u)) {
+                Some(u) => slot.push(u),
+                None => {
+                    candidates.push(first.len());
+                    slot.push(first.len());
+                    first.push(f);
+                }
+            }
+        }
+        DistinctFrames { first, slot }
+    }
 }
 
 /// A session's vision runner: its own backend and scheduler, reserved once for the largest graph,
 /// and the last graph built, reused while the chunks keep its shape.
 pub struct VisionContext {
     model: Arc<VisionModel>,
+    device: Device,
     sched: Scheduler,
     batch: usize,
     graph: Option<VisionGraph>,
+    /// Temporal reuse, when it is on: its settings and what it holds between frames.
+    reuse: Option<ReuseState>,
 }
 
 impl VisionContext {
@@ -235,11 +304,11 @@ impl VisionContext {
     pub fn new(model: Arc<VisionModel>, device: Device, n_threads: usize, batch: usize) -> Result<VisionContext> {
         let nodes = graph_nodes(model.params.tower.n_layer);
         let sched = Scheduler::for_device(device, n_threads, nodes)?;
-        let mut ctx = VisionContext { model, sched, batch: batch.max(1).next_multiple_of(4), graph: None };
+        let mut ctx = VisionContext { model, device, sched, batch: batch.max(1).next_multiple_of(4), graph: None, reuse: None };
         // The worst case: a full batch from pixels through TTM keeping every row. Sizing the
         // compute buffers now means no later chunk allocates more (and running out of memory shows
         // up here, not mid-video).
-        let worst = ctx.build(GraphShape { from: Stage::Pixels, to: Stage::Pooled, n: ctx.batch, ttm_k: Some(0f64.to_bits()) });
+        let worst = ctx.build(GraphShape { from: Stage::Pixels, to: Stage::Pooled, n: ctx.batch, tower: TowerPart::All, ttm_k: Some(0f64.to_bits()) });
         ctx.sched.reserve(&worst.graph)?;
         ctx.graph = Some(worst);
         Ok(ctx)
@@ -247,6 +316,30 @@ impl VisionContext {
 
     pub fn model(&self) -> &Arc<VisionModel> {
         &self.model
+    }
+
+    /// Turns temporal reuse on (with its settings) or off for the videos encoded from now on.
+    /// Its keys and values take 2 x (blocks from the reuse layer) x patches x hidden floats.
+    pub fn set_temporal_reuse(&mut self, reuse: Option<TemporalReuse>) -> Result<()> {
+        let t = &self.model.params.tower;
+        self.reuse = match reuse {
+            None => None,
+            Some(r) if self.reuse.as_ref().is_some_and(|s| s.settings.layer() == r.layer()) => {
+                let mut s = self.reuse.take().expect("checked");
+                s.settings = r;
+                Some(s)
+            }
+            Some(r) => {
+                // A kept graph of the reuse path points at the old state's keys and values.
+                self.graph = None;
+                Some(ReuseState::new(r, t.n_layer, t.hidden, t.n_patches(), self.device.buffer_type())?)
+            }
+        };
+        Ok(())
+    }
+
+    pub fn temporal_reuse(&self) -> Option<TemporalReuse> {
+        self.reuse.as_ref().map(|s| s.settings)
     }
 
     /// Values per image at a stage.
@@ -265,18 +358,33 @@ impl VisionContext {
         let model = self.model.clone();
         let p = &model.params;
         let t = &p.tower;
-        let GraphShape { from, to, n, ttm_k } = shape;
+        let GraphShape { from, to, n, tower, ttm_k } = shape;
         let nodes = graph_nodes(t.n_layer);
         let mut g = Context::new(nodes * 2, nodes);
         let (np, b) = (t.n_patches() as i64, n as i64);
-        let input = match from {
-            Stage::Pixels => g.input("inp_patches", GgmlType::F32, &[t.patch_values() as i64, np * b]),
-            Stage::Features => g.input("inp_features", GgmlType::F32, &[t.hidden as i64, np, b]),
+        let mut positions = None;
+        let input = match (from, tower) {
+            (Stage::Pixels, TowerPart::Changed { tokens, .. }) => g.input("inp_changed", GgmlType::F32, &[t.hidden as i64, tokens as i64]),
+            (Stage::Pixels, _) => g.input("inp_patches", GgmlType::F32, &[t.patch_values() as i64, np * b]),
+            (Stage::Features, _) => g.input("inp_features", GgmlType::F32, &[t.hidden as i64, np, b]),
             _ => g.input("inp_projected", GgmlType::F32, &[p.out_dim as i64, np, b]),
         };
         let mut x = input.clone();
         if from < Stage::Features {
-            x = model.tower.build(&mut g, t, &x, n);
+            x = match tower {
+                TowerPart::All => model.tower.build(&mut g, t, &x, n),
+                TowerPart::Until(layer) => {
+                    let x = model.tower.embed(&mut g, t, &x, n);
+                    model.tower.build_blocks(&mut g, t, &x, 0..layer)
+                }
+                TowerPart::Changed { first, tokens } => {
+                    let state = self.reuse.as_ref().expect("a Changed graph is built with reuse on");
+                    let idx = g.input("inp_positions", GgmlType::I32, &[tokens as i64]);
+                    let kv = ImageKv { k: state.k.clone(), v: state.v.clone(), positions: idx.clone() };
+                    positions = Some(idx);
+                    model.tower.build_changed(&mut g, t, &x, first, &kv)
+                }
+            };
         }
         if from < Stage::Projected && to >= Stage::Projected {
             x = model.projector.build(&mut g, &x);
@@ -296,24 +404,24 @@ impl VisionContext {
         g.set_output(&x);
         let mut graph = g.new_graph(nodes);
         graph.expand(&x);
-        VisionGraph { shape, ctx: g, graph, input, output: x, kept_rows, allocated: false }
+        VisionGraph { shape, ctx: g, graph, input, output: x, kept_rows, positions, allocated: false }
     }
 
     /// Runs `n` images from stage `from` to stage `to` (from < to) in one graph.
     pub fn run(&mut self, from: Stage, to: Stage, input: &[f32], n: usize) -> Result<Vec<f32>> {
-        Ok(self.run_graph(from, to, input, n, None)?.0)
+        Ok(self.run_graph(from, to, input, n, TowerPart::All, None)?.0)
     }
 
     /// As `run`, with TTM of prune ratio `ttm_k` after pooling (the images are consecutive frames,
     /// the first one starting a window): the surviving rows and their indices.
-    fn run_graph(&mut self, from: Stage, to: Stage, input: &[f32], n: usize, ttm_k: Option<f64>) -> Result<(Vec<f32>, Option<Vec<i32>>)> {
+    fn run_graph(&mut self, from: Stage, to: Stage, input: &[f32], n: usize, tower: TowerPart, ttm_k: Option<f64>) -> Result<(Vec<f32>, Option<Vec<i32>>)> {
         if from >= to || from == Stage::Pooled {
             return Err(Error::invalid("vision stages", format!("cannot go from {from:?} to {to:?}")));
         }
         if input.len() != self.size_at(from) * n || n == 0 {
             return Err(Error::invalid("vision input", format!("{} values for {n} images at {from:?}", input.len())));
         }
-        let shape = GraphShape { from, to, n, ttm_k: ttm_k.filter(|_| to == Stage::Pooled).map(f64::to_bits) };
+        let shape = GraphShape { from, to, n, tower, ttm_k: ttm_k.filter(|_| to == Stage::Pooled).map(f64::to_bits) };
         let host: Vec<f32> = match from {
             Stage::Pixels => {
                 let t = &self.model.params.tower;
@@ -321,6 +429,17 @@ impl VisionContext {
             }
             _ => input.to_vec(),
         };
+        let vg = self.prepare(shape)?;
+        vg.input.write_f32(&host);
+        self.compute()?;
+        let vg = self.graph.as_ref().expect("prepared");
+        let rows = vg.output.read_f32();
+        let kept = vg.kept_rows.as_ref().map(|t| t.read_i32());
+        Ok((rows, kept))
+    }
+
+    /// The graph of `shape`, built (unless the last one has it) and allocated.
+    fn prepare(&mut self, shape: GraphShape) -> Result<&mut VisionGraph> {
         if self.graph.as_ref().map(|g| g.shape) != Some(shape) {
             self.graph = Some(self.build(shape));
         }
@@ -330,11 +449,41 @@ impl VisionContext {
             sched.alloc(&vg.graph, &vg.ctx)?;
             vg.allocated = true;
         }
-        vg.input.write_f32(&host);
-        sched.compute(&vg.graph)?;
-        let rows = vg.output.read_f32();
-        let kept = vg.kept_rows.as_ref().map(|t| t.read_i32());
-        Ok((rows, kept))
+        Ok(vg)
+    }
+
+    fn compute(&mut self) -> Result<()> {
+        let VisionContext { sched, graph, .. } = self;
+        sched.compute(&graph.as_ref().expect("prepared").graph)?;
+        Ok(())
+    }
+
+    /// Temporal reuse on `n` consecutive frames (normalized pixels): blocks before the reuse
+    /// layer on all of them, then frame by frame the changed positions through the rest; the
+    /// pooled rows. `work` counts the position-blocks skipped.
+    fn encode_reusing(&mut self, pixels: &[f32], n: usize, work: &mut VideoWork) -> Result<Vec<f32>> {
+        let t = self.model.params.tower.clone();
+        let layer = self.reuse.as_ref().expect("reuse is on").settings.layer();
+        let (h, np) = (t.hidden, t.n_patches());
+        let (states, _) = self.run_graph(Stage::Pixels, Stage::Features, pixels, n, TowerPart::Until(layer), None)?;
+        let mut features = Vec::with_capacity(states.len());
+        for x in states.chunks(np * h) {
+            let changed = self.reuse.as_ref().expect("on").changed(x, h);
+            if !changed.is_empty() {
+                let input: Vec<f32> = changed.iter().flat_map(|&j| x[j * h..(j + 1) * h].iter().copied()).collect();
+                let shape = GraphShape { from: Stage::Pixels, to: Stage::Features, n: 1, tower: TowerPart::Changed { first: layer, tokens: changed.len() }, ttm_k: None };
+                let vg = self.prepare(shape)?;
+                vg.input.write_f32(&input);
+                let at: Vec<i32> = changed.iter().map(|&j| j as i32).collect();
+                vg.positions.as_ref().expect("a Changed graph has positions").write_i32(&at);
+                self.compute()?;
+                let out = self.graph.as_ref().expect("prepared").output.read_f32();
+                self.reuse.as_mut().expect("on").update(x, &changed, &out, h);
+            }
+            features.extend_from_slice(&self.reuse.as_ref().expect("on").output);
+            work.token_layers_reused += (np - changed.len()) * (t.n_layer - layer);
+        }
+        self.run(Stage::Features, Stage::Pooled, &features, n)
     }
 
     /// Normalized CHW pixels of frames squashed to the tower's input size.
@@ -345,9 +494,10 @@ impl VisionContext {
     }
 
     /// A video's frames, projected and pooled: [tokens][out_dim] (the newline is not included),
-    /// compressed by TTM with prune ratio `ttm_k` (in [0, 1)) when it is given. `progress(done,
-    /// total)` counts frames; when it returns false the work stops after that chunk with
-    /// `Error::Cancelled`.
+    /// compressed by TTM with prune ratio `ttm_k` (in [0, 1)) when it is given. Frames whose
+    /// preprocessed pixels are identical are encoded once. `progress(done, total)` counts the
+    /// frames encoded (all of them when none repeats); when it returns false the work stops after
+    /// that chunk with `Error::Cancelled`.
     pub fn encode_video(&mut self, frames: &[Frame], ttm_k: Option<f64>, progress: &mut dyn FnMut(usize, usize) -> bool) -> Result<EncodedFrames> {
         if let Some(k) = ttm_k {
             if !(0.0..1.0).contains(&k) {
@@ -355,23 +505,55 @@ impl VisionContext {
             }
         }
         let n = self.model.params.tokens_per_frame();
-        let mut out = EncodedFrames { rows: Vec::with_capacity(frames.len() * self.size_at(Stage::Pooled)), kept: ttm_k.map(|_| Vec::new()) };
+        let per_frame = self.size_at(Stage::Pooled);
+        let pixels: Vec<Vec<f32>> = frames.iter().map(|f| self.frame_pixels(std::slice::from_ref(f))).collect();
+        let distinct = DistinctFrames::of(&pixels);
+        let all_distinct = distinct.first.len() == frames.len();
+        // TTM runs in the graph when the graph makes every frame's pooled rows. With repeats they
+        // exist only once expanded, and temporal reuse pools after the tower's frame-by-frame part:
+        // then TTM runs on the host, where `ttm::apply` makes the same selection as the graph's node.
+        let graph_ttm = ttm_k.filter(|_| all_distinct && self.reuse.is_none());
+        let t = &self.model.params.tower;
+        let mut work = VideoWork {
+            frames_encoded: distinct.first.len(),
+            frames_reused: frames.len() - distinct.first.len(),
+            token_layers: distinct.first.len() * t.n_patches() * t.n_layer,
+            token_layers_reused: 0,
+        };
+        if let Some(r) = &mut self.reuse {
+            r.start_video();
+        }
+        let mut pooled = Vec::with_capacity(distinct.first.len() * per_frame);
+        let mut kept = graph_ttm.map(|_| Vec::new());
         let mut done = 0;
         // Chunks start at multiples of 4 (the batch is one): TTM's windows never straddle two.
-        for chunk in frames.chunks(self.batch) {
-            let pixels = self.frame_pixels(chunk);
-            let (rows, idx) = self.run_graph(Stage::Pixels, Stage::Pooled, &pixels, chunk.len(), ttm_k)?;
-            out.rows.extend(rows);
-            if let (Some(kept), Some(idx)) = (&mut out.kept, idx) {
+        for chunk in distinct.first.chunks(self.batch) {
+            let input: Vec<f32> = chunk.iter().flat_map(|&f| pixels[f].iter().copied()).collect();
+            let (rows, idx) = match self.reuse {
+                Some(_) => (self.encode_reusing(&input, chunk.len(), &mut work)?, None),
+                None => self.run_graph(Stage::Pixels, Stage::Pooled, &input, chunk.len(), TowerPart::All, graph_ttm)?,
+            };
+            pooled.extend(rows);
+            if let (Some(kept), Some(idx)) = (&mut kept, idx) {
                 let chunk_kept = ttm::kept_from_rows(&idx, chunk.len(), n).ok_or_else(|| Error::invalid("TTM output", "the row indices are not a selection"))?;
                 kept.extend(chunk_kept);
             }
             done += chunk.len();
-            if !progress(done, frames.len()) && done < frames.len() {
+            if !progress(done, distinct.first.len()) && done < distinct.first.len() {
                 return Err(Error::Cancelled);
             }
         }
-        Ok(out)
+        if graph_ttm.is_some() || (ttm_k.is_none() && all_distinct) {
+            return Ok(EncodedFrames { rows: pooled, kept, work });
+        }
+        let rows: Vec<f32> = if all_distinct { pooled } else { distinct.slot.iter().flat_map(|&u| pooled[u * per_frame..(u + 1) * per_frame].iter().copied()).collect() };
+        Ok(match ttm_k {
+            None => EncodedFrames { rows, kept: None, work },
+            Some(k) => {
+                let out = ttm::apply(&rows, frames.len(), n, self.model.params.out_dim, k)?;
+                EncodedFrames { rows: out.rows, kept: Some(out.kept), work }
+            }
+        })
     }
 
     /// An image through the anyres path: [tokens][out_dim], newlines included, and the number of

@@ -179,42 +179,107 @@ impl SiglipWeights {
     /// The tower over a batch of images given as patches ([3 p^2, n_patches * batch], see
     /// `preprocess::patchify`): returns the features [hidden, n_patches, batch].
     pub fn build(&self, g: &mut Context, p: &SiglipParams, patches: &Tensor, batch: usize) -> Tensor {
+        let x = self.embed(g, p, patches, batch);
+        self.build_blocks(g, p, &x, 0..self.blocks.len())
+    }
+
+    /// Patch and position embedding: patches [3 p^2, n_patches * batch] -> [hidden, n_patches, batch].
+    pub fn embed(&self, g: &mut Context, p: &SiglipParams, patches: &Tensor, batch: usize) -> Tensor {
         let (h, n, b) = (p.hidden as i64, p.n_patches() as i64, batch as i64);
         // The convolution with stride = kernel is a matrix product over flattened patches.
         let kernel = g.reshape(&self.patch_w, &[p.patch_values() as i64, h]);
         let x = nn::linear(g, patches, &kernel, Some(&self.patch_b));
         let x = g.reshape(&x, &[h, n, b]);
-        let mut x = g.add(&x, &self.pos);
+        let x = g.add(&x, &self.pos);
         g.set_name(&x, "v_inp");
-        let (hd, nh) = (p.head_dim() as i64, p.n_head as i64);
-        let scale = 1.0 / (p.head_dim() as f32).sqrt();
-        for (il, blk) in self.blocks.iter().enumerate() {
-            let cur = nn::layer_norm(g, &x, &blk.ln1_w, &blk.ln1_b, p.eps);
-            nn::name_layer(g, &cur, "v_attn_norm", il);
-            let heads = |g: &mut Context, w: &Tensor, bias: &Tensor| {
-                let t = nn::linear(g, &cur, w, Some(bias));
-                let t = g.reshape(&t, &[hd, nh, n, b]);
-                g.permute(&t, [0, 2, 1, 3]) // [hd, n, nh, b]
-            };
-            let q = heads(g, &blk.q_w, &blk.q_b);
-            let k = heads(g, &blk.k_w, &blk.k_b);
-            let v = heads(g, &blk.v_w, &blk.v_b);
-            // Every patch attends to every patch of its image; K/V stay F32 (exact for F32 weights).
-            let a = g.flash_attn_ext(&q, &k, &v, None, scale); // [hd, nh, n, b]
-            let a = g.reshape(&a, &[h, n, b]);
-            let a = nn::linear(g, &a, &blk.out_w, Some(&blk.out_b));
-            nn::name_layer(g, &a, "v_attn_out", il);
-            x = g.add(&x, &a);
-            nn::name_layer(g, &x, "v_ffn_inp", il);
-            let cur = nn::layer_norm(g, &x, &blk.ln2_w, &blk.ln2_b, p.eps);
-            nn::name_layer(g, &cur, "v_ffn_norm", il);
-            let up = nn::linear(g, &cur, &blk.up_w, Some(&blk.up_b));
-            let act = nn::gelu_tanh_precise(g, &up);
-            let down = nn::linear(g, &act, &blk.down_w, Some(&blk.down_b));
-            nn::name_layer(g, &down, "v_ffn_out", il);
-            x = g.add(&x, &down);
-            nn::name_layer(g, &x, "v_l_out", il);
+        x
+    }
+
+    /// Blocks `blocks` over whole images: x [hidden, n_patches, batch] is the first block's input;
+    /// returns the last block's output.
+    pub fn build_blocks(&self, g: &mut Context, p: &SiglipParams, x: &Tensor, blocks: std::ops::Range<usize>) -> Tensor {
+        let mut x = x.clone();
+        for il in blocks {
+            x = self.block(g, p, il, &x, None);
         }
         x
     }
+
+    /// Blocks `first..` for some positions of one image, the others reused: x [hidden, c] holds
+    /// block `first`'s input at `kv.positions`, and each block's keys and values at those
+    /// positions overwrite that block's rows of the image's K and V (`kv.k[i]`, `kv.v[i]` for block
+    /// `first + i`, [hidden, n_patches] F32); the positions attend over all rows. Returns the last
+    /// block's output at the positions, [hidden, c].
+    pub fn build_changed(&self, g: &mut Context, p: &SiglipParams, x: &Tensor, first: usize, kv: &ImageKv) -> Tensor {
+        let mut x = x.clone();
+        for il in first..self.blocks.len() {
+            let rows = KvRows { k: &kv.k[il - first], v: &kv.v[il - first], positions: &kv.positions };
+            x = self.block(g, p, il, &x, Some(rows));
+        }
+        x
+    }
+
+    /// One pre-LN block over x [hidden, tokens, batch]. With `kv`, the tokens are some positions of
+    /// one image: their keys and values are written into the image's K and V, and they attend over
+    /// all of it.
+    fn block(&self, g: &mut Context, p: &SiglipParams, il: usize, x: &Tensor, kv: Option<KvRows>) -> Tensor {
+        let blk = &self.blocks[il];
+        let ne = x.ne();
+        let (h, tokens, b) = (ne[0], ne[1], ne[2]);
+        let (hd, nh) = (p.head_dim() as i64, p.n_head as i64);
+        let scale = 1.0 / (p.head_dim() as f32).sqrt();
+        let cur = nn::layer_norm(g, x, &blk.ln1_w, &blk.ln1_b, p.eps);
+        nn::name_layer(g, &cur, "v_attn_norm", il);
+        // [h, tokens, b] -> [hd, tokens, nh, b]
+        let heads = |g: &mut Context, t: &Tensor, tokens: i64, b: i64| {
+            let t = g.reshape(t, &[hd, nh, tokens, b]);
+            g.permute(&t, [0, 2, 1, 3])
+        };
+        let q = nn::linear(g, &cur, &blk.q_w, Some(&blk.q_b));
+        let q = heads(g, &q, tokens, b);
+        let k = nn::linear(g, &cur, &blk.k_w, Some(&blk.k_b));
+        let v = nn::linear(g, &cur, &blk.v_w, Some(&blk.v_b));
+        let (k, v) = match kv {
+            None => (heads(g, &k, tokens, b), heads(g, &v, tokens, b)),
+            Some(rows) => {
+                let n = p.n_patches() as i64;
+                let k = g.set_rows(rows.k, &k, rows.positions);
+                let v = g.set_rows(rows.v, &v, rows.positions);
+                (heads(g, &k, n, 1), heads(g, &v, n, 1))
+            }
+        };
+        // Every token attends to every patch of its image; K/V stay F32 (exact for F32 weights).
+        let a = g.flash_attn_ext(&q, &k, &v, None, scale); // [hd, nh, tokens, b]
+        let a = g.reshape(&a, &[h, tokens, b]);
+        let a = nn::linear(g, &a, &blk.out_w, Some(&blk.out_b));
+        nn::name_layer(g, &a, "v_attn_out", il);
+        let x = g.add(x, &a);
+        nn::name_layer(g, &x, "v_ffn_inp", il);
+        let cur = nn::layer_norm(g, &x, &blk.ln2_w, &blk.ln2_b, p.eps);
+        nn::name_layer(g, &cur, "v_ffn_norm", il);
+        let up = nn::linear(g, &cur, &blk.up_w, Some(&blk.up_b));
+        let act = nn::gelu_tanh_precise(g, &up);
+        let down = nn::linear(g, &act, &blk.down_w, Some(&blk.down_b));
+        nn::name_layer(g, &down, "v_ffn_out", il);
+        let x = g.add(&x, &down);
+        nn::name_layer(g, &x, "v_l_out", il);
+        x
+    }
+}
+
+/// One image's keys and values in the blocks from a reuse layer on, and the positions a graph
+/// recomputes.
+pub struct ImageKv {
+    /// Per block, [hidden, n_patches] F32, kept between graphs.
+    pub k: Vec<Tensor>,
+    pub v: Vec<Tensor>,
+    /// The recomputed positions, I32 [c].
+    pub positions: Tensor,
+}
+
+/// One block's part of `ImageKv`.
+struct KvRows<'a> {
+    k: &'a Tensor,
+    v: &'a Tensor,
+    positions: &'a Tensor,
 }
