@@ -32,10 +32,11 @@ pub struct VideoInputArgs {
     /// LLM GGUF file.
     #[arg(short = 'm', long = "model", value_name = "GGUF", default_value = DEFAULT_MODEL)]
     model: PathBuf,
-    /// Vision settings, comma-separated, each [NAME=]GGUF (a vision model; the name defaults to the
+    /// Vision settings, comma-separated, each [NAME=]GGUF[@reuse=LAYER:THRESHOLD] (a vision model,
+    /// optionally with temporal reuse in the tower as --vision-reuse; the name defaults to the
     /// file's stem). `bench video` compares them, the first being the baseline; `bench fidelity`
     /// takes one. A real-dimension random one: gguf-tools random --mmproj -o FILE --type f16.
-    #[arg(long, visible_alias = "vision-modes", value_name = "[NAME=]GGUF", value_delimiter = ',', value_parser = VisionSetting::parse, required_unless_present = "child_features")]
+    #[arg(long, visible_alias = "vision-modes", value_name = "[NAME=]GGUF[@reuse=M:T]", value_delimiter = ',', value_parser = VisionSetting::parse, required_unless_present = "child_features")]
     mmproj: Vec<VisionSetting>,
     /// The video [default: models/bikes.mp4, from scripts/fetch-sample-video].
     #[arg(long, value_name = "PATH")]
@@ -133,7 +134,7 @@ impl VideoInputArgs {
     }
 
     /// Decodes and encodes `frames` frames with `vision`, with a progress bar.
-    fn encode(&self, vision: &VisionSetting, frames: usize) -> Result<EncodedMedia, Error> {
+    fn encode(&self, vision: &VisionSetting, frames: usize) -> Result<(EncodedMedia, dycoke::encoder::EncoderCounters), Error> {
         eprintln!("encoding {frames} frames with {}", vision.name);
         let mut bar = LazyBar::new("encoding", 1);
         let f = encode_features(&vision.model_options(&self.model), vision.encoder_options(self.threads()), &self.video()?, frames, &mut |d, t| bar.update(d, t));
@@ -267,9 +268,9 @@ fn run_video(a: VideoArgs) -> dycoke::Result<()> {
         let (vision, &[frames]) = (a.input.single_vision("the encoding process")?, a.frames.as_slice()) else {
             return Err(Error::invalid("frames", "the encoding process takes one frame count"));
         };
-        let f = a.input.encode(vision, frames)?;
+        let (f, counters) = a.input.encode(vision, frames)?;
         f.save(out)?;
-        println!("{}", serde_json::to_string(&VisionReport::of(&f)).expect("serializable"));
+        println!("{}", serde_json::to_string(&VisionReport::of(&f, &counters)).expect("serializable"));
         return Ok(());
     }
     check_vision_settings(&a.input.mmproj)?;
@@ -400,7 +401,7 @@ fn run_fidelity_bench(a: FidelityArgs) -> dycoke::Result<()> {
     let opts = a.input.mode_options(a.steps, 1)?;
     let video = a.input.video()?;
     eprintln!("{} with {} on {} threads, {} frames, {} greedy steps", video.display(), opts.model.display(), opts.threads, a.frames, a.steps);
-    let features = a.input.encode(a.input.single_vision("bench fidelity")?, a.frames)?;
+    let (features, _) = a.input.encode(a.input.single_vision("bench fidelity")?, a.frames)?;
     if !a.json {
         println!("{:<10} {:>8} {:>6} {:>10} {:>10} {:>10} {:>7} {:>8} {:>6}", "mode", "visual", "steps", "mean KL", "max KL", "agreement", "fresh", "recalls", "kept");
     }

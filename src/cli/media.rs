@@ -70,7 +70,7 @@ impl FrameArgs {
     }
 }
 
-fn parse_temporal_reuse(s: &str) -> Result<TemporalReuse, Error> {
+pub fn parse_temporal_reuse(s: &str) -> Result<TemporalReuse, Error> {
     let Some((layer, threshold)) = s.split_once(':') else {
         return Err(Error::setting(Setting::VisionReuseLayer, format!("{s:?} is not LAYER:THRESHOLD (for example 13:0.05)")));
     };

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use dycoke::compress::{Compression, DpSettings, TtmSettings};
 
 use dycoke::conversation::{Conversation, ConversationOptions};
-use dycoke::encoder::{EncodedMedia, EncoderOptions};
+use dycoke::encoder::{EncodedMedia, EncoderCounters, EncoderOptions};
 use dycoke::error::{Error, Result};
 use dycoke::media::Sampling;
 use dycoke::model::{Model, ModelOptions};
@@ -88,7 +88,21 @@ pub struct VisionSetting {
 }
 
 impl VisionSetting {
+    /// `[NAME=]FILE.gguf[@reuse=LAYER:THRESHOLD]`.
     pub fn parse(spec: &str) -> std::result::Result<VisionSetting, String> {
+        let mut parts = spec.split('@');
+        let file_part = parts.next().unwrap_or_default();
+        let mut encoder = EncoderOptions::default();
+        for option in parts {
+            match option.split_once('=') {
+                Some(("reuse", v)) => {
+                    let r = crate::cli::media::parse_temporal_reuse(v).map_err(|e| crate::cli::describe_error(&e))?;
+                    encoder.temporal_reuse = Some(r);
+                }
+                _ => return Err(format!("{option:?} in {spec:?} is not a vision option; write [NAME=]FILE.gguf[@reuse=LAYER:THRESHOLD]")),
+            }
+        }
+        let spec = file_part;
         let (name, path) = match spec.split_once('=') {
             Some((name, path)) => (Some(name), path),
             None => (None, spec),
@@ -104,12 +118,16 @@ impl VisionSetting {
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
             return Err(format!("{name:?} is not a vision setting name (letters, digits, '-', '_' and '.'); write [NAME=]FILE.gguf"));
         }
-        Ok(VisionSetting { name, mmproj, encoder: EncoderOptions::default() })
+        Ok(VisionSetting { name, mmproj, encoder })
     }
 
     /// What `parse` reads back as this setting.
     pub fn spec(&self) -> String {
-        format!("{}={}", self.name, self.mmproj.display())
+        let mut s = format!("{}={}", self.name, self.mmproj.display());
+        if let Some(r) = self.encoder.temporal_reuse {
+            s.push_str(&format!("@reuse={}:{}", r.layer(), r.threshold()));
+        }
+        s
     }
 
     /// The model to load for this setting, with language model `llm`.
@@ -155,7 +173,8 @@ pub fn plan_modes(n_vision: usize, compressions: &[CompressionMode]) -> Vec<(usi
 
 /// Decodes `frames` frames of `video` and encodes them with the model's vision tower, without
 /// compression (TTM runs after the vision encoder, so encoding is the same work in every mode).
-pub fn encode_features(model: &ModelOptions, encoder: EncoderOptions, video: &Path, frames: usize, progress: &mut dyn FnMut(usize, usize)) -> Result<EncodedMedia> {
+/// Also returns the encoder's counters (frames reused, tower work skipped).
+pub fn encode_features(model: &ModelOptions, encoder: EncoderOptions, video: &Path, frames: usize, progress: &mut dyn FnMut(usize, usize)) -> Result<(EncodedMedia, EncoderCounters)> {
     let model = Model::load(model)?;
     let opts = ConversationOptions {
         session: SessionOptions { n_threads: encoder.n_threads, n_ctx: 256, ..SessionOptions::default() },
@@ -171,7 +190,8 @@ pub fn encode_features(model: &ModelOptions, encoder: EncoderOptions, video: &Pa
         }
         true
     })?;
-    Ok(media.clone())
+    let media = media.clone();
+    Ok((media, c.encoder_counters()))
 }
 
 /// A conversation for measuring `compression` on a prompt of `prompt_tokens` plus `extra`.
@@ -219,15 +239,23 @@ pub struct VisionReport {
     pub vision_s: f64,
     /// The encoding process's peak resident memory (Linux).
     pub peak_rss_bytes: Option<u64>,
+    /// Frames whose pixels repeated an earlier frame's, so were not encoded again.
+    #[serde(default)]
+    pub frames_reused: usize,
+    /// With temporal reuse: the share of (position, block) pairs the tower skipped.
+    #[serde(default)]
+    pub vision_reused_share: f64,
 }
 
 impl VisionReport {
-    pub fn of(media: &EncodedMedia) -> VisionReport {
+    pub fn of(media: &EncodedMedia, counters: &EncoderCounters) -> VisionReport {
         VisionReport {
             frames: media.video().map_or(0, |v| v.frames),
             video_decode_s: media.timings.decode.as_secs_f64(),
             vision_s: media.timings.encode.as_secs_f64(),
             peak_rss_bytes: peak_rss_bytes(),
+            frames_reused: counters.frames_reused,
+            vision_reused_share: counters.reused_share(),
         }
     }
 }
@@ -280,6 +308,10 @@ pub struct VideoModeReport {
     /// Preprocessing and the vision graph, all frames.
     pub vision_s: f64,
     pub vision_s_per_frame: f64,
+    /// Frames encoded once for an identical earlier frame.
+    pub frames_reused: usize,
+    /// Share of the tower's (position, block) work skipped by temporal reuse.
+    pub vision_reused_share: f64,
     pub ttm_s: f64,
     pub prefill_s: f64,
     /// Time to first token: video decode, preprocessing and vision, TTM, prefill and the first
@@ -316,6 +348,8 @@ impl VideoModeReport {
             video_decode_s: v.video_decode_s,
             vision_s: v.vision_s,
             vision_s_per_frame: v.vision_s / v.frames.max(1) as f64,
+            frames_reused: v.frames_reused,
+            vision_reused_share: v.vision_reused_share,
             ttm_s: l.ttm_s,
             prefill_s: l.prefill_s,
             ttft_s: ttft,
@@ -556,7 +590,13 @@ mod tests {
         assert_eq!((s.name.as_str(), s.mmproj.as_path()), ("siglip-f16", Path::new("models/siglip-f16.gguf")));
         let named = VisionSetting::parse("bf16=/tmp/a=b.gguf").unwrap();
         assert_eq!((named.name.as_str(), named.mmproj.as_path()), ("bf16", Path::new("/tmp/a=b.gguf")));
-        for s in [s, named] {
+        let reuse = VisionSetting::parse("r=x.gguf@reuse=13:0.05").unwrap();
+        let r = reuse.encoder.temporal_reuse.expect("the reuse option");
+        assert_eq!((r.layer(), r.threshold(), reuse.mmproj.as_path()), (13, 0.05, Path::new("x.gguf")));
+        for bad in ["r=x.gguf@reuse=13", "r=x.gguf@reuse=13:-1", "r=x.gguf@speed=fast"] {
+            assert!(VisionSetting::parse(bad).is_err(), "{bad}");
+        }
+        for s in [s, named, reuse] {
             assert_eq!(VisionSetting::parse(&s.spec()).unwrap(), s);
         }
         for bad in ["", "f16=", "=x.gguf", "a/b=x.gguf", "f 16=x.gguf"] {
@@ -586,7 +626,7 @@ mod tests {
     }
 
     fn stages() -> (VisionReport, LlmReport) {
-        let v = VisionReport { frames: 8, video_decode_s: 0.5, vision_s: 40.0, peak_rss_bytes: Some(900 << 20) };
+        let v = VisionReport { frames: 8, video_decode_s: 0.5, vision_s: 40.0, peak_rss_bytes: Some(900 << 20), frames_reused: 0, vision_reused_share: 0.0 };
         let l = LlmReport {
             visual_tokens: 740,
             prompt_tokens: 800,
