@@ -182,13 +182,13 @@ fn print_stats(chat: &Conversation, last: Option<&Answer>) {
     }
     let m = chat.encoder_counters();
     eprintln!(
-        "media: {} vision encodes ({} frames encoded, {} repeated frames reused, {:.1}% of the tower's position-blocks skipped by temporal reuse), {} from the embedding cache, {} cache entries rebuilt",
+        "media: {} vision encodes, {} from the embedding cache, {} cache entries rebuilt; {} frames encoded, {} repeated frames reused, {:.1}% of the tower's position-blocks skipped by temporal reuse",
         m.vision_encodes,
+        m.cache_hits,
+        m.cache_rebuilds,
         m.frames_encoded,
         m.frames_reused,
-        100.0 * m.reused_share(),
-        m.cache_hits,
-        m.cache_rebuilds
+        100.0 * m.reused_share()
     );
     if !chat.compression().is_none() && chat.media().iter().any(|m| m.video().is_some()) {
         eprintln!("DyCoke: {}", chat.stats().to_json());
