@@ -47,6 +47,8 @@ pub enum Setting {
     GpuLayers,
     /// The folder of the embedding cache.
     CacheDir,
+    /// The type the vision tower's matrices are multiplied in.
+    VisionType,
 }
 
 impl Setting {
@@ -74,6 +76,7 @@ impl Setting {
             Setting::Device => "device",
             Setting::GpuLayers => "GPU layers",
             Setting::CacheDir => "cache folder",
+            Setting::VisionType => "vision weight type",
         }
     }
 }

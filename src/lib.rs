@@ -105,4 +105,5 @@ pub use error::{Error, Result, Setting};
 pub use model::{Model, ModelOptions};
 pub use progress::Phase;
 pub use sampler::SamplerParams;
+pub use vision::layout::VisionType;
 pub use session::{CancelToken, GenerateParams, Generation, PromptPart, PromptStats, Session, SessionOptions, StopReason};
