@@ -60,11 +60,10 @@ pub fn storage_type(name: &str, shape: &[u64], target: GgmlType) -> GgmlType {
 }
 
 /// The vision matrices' type when only the language model's is given. The vision tower stays in
-/// float: measured on SigLIP-so400m (README, "Vision encoder"), Q8_0 and Q4_0 are both slower than
-/// BF16 on a CPU with BF16 dot products and barely faster than F16 elsewhere, and they cost
-/// fidelity. Float output types are kept (F32 stays exact; F16 is lossless from the published
-/// float16 checkpoints, and the engine multiplies it in BF16 where that is faster); quantized ones
-/// give F16.
+/// float: measured on SigLIP-so400m (README, "Vision encoder"), Q8_0 is slower than F16 on the CPU
+/// and Q4_0 (repacked) only as fast as F32, and both cost fidelity. Float output types are kept
+/// (F32 stays exact; F16 is lossless from the published float16 checkpoints, and the engine widens
+/// it to F32 at load where that is faster); quantized ones give F16.
 pub fn default_vision_type(outtype: GgmlType) -> GgmlType {
     match outtype {
         GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16 => outtype,

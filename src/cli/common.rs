@@ -32,8 +32,9 @@ pub struct ModelArgs {
     /// Keep every weight in the file mapping (no repacked copies; slower on some CPUs).
     #[arg(long)]
     pub no_repack: bool,
-    /// Type the vision matrices are multiplied in: auto (BF16 for F16/BF16 files on a CPU with BF16
-    /// dot products, else as stored), or f32, f16, bf16, q8_0, q4_0, ... (converted once at load).
+    /// Type the vision matrices are multiplied in: auto (F16 and BF16 widened to F32 where ggml runs
+    /// AVX-512, the fastest measured; others as stored), or f32, f16, bf16, q8_0, q4_0, ...
+    /// (converted once at load).
     #[arg(long, value_name = "TYPE", default_value = "auto")]
     pub vision_type: String,
 }
