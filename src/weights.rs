@@ -4,9 +4,9 @@
 //! matrices whose type the CPU backend multiplies faster in a repacked layout (for example Q4_K and
 //! Q4_0 with AVX2); like llama.cpp, those are copied once into the CPU's repack buffer, unless
 //! repacking is turned off. Layers offloaded to a GPU are uploaded to its memory. A caller may ask
-//! for matrices in another type than the file's (the vision tower in BF16 on a CPU with BF16 dot
-//! products): those are converted once at load into memory of their own, repacked where ggml has a
-//! layout for the new type.
+//! for matrices in another type than the file's (the vision tower widened to F32 where ggml
+//! multiplies that faster): those are converted once at load into memory of their own, repacked
+//! where ggml has a layout for the new type.
 
 use std::sync::Arc;
 
@@ -58,7 +58,7 @@ pub struct MatrixPlacement {
 /// The loaded weights: their contexts, which keep the mapping and buffers alive.
 pub struct WeightStore {
     contexts: Vec<Context>,
-    /// Bytes copied out of the mapping (repacked, converted or uploaded), in their stored type.
+    /// Bytes held outside the mapping (repacked, converted or uploaded copies), as held.
     pub copied_bytes: usize,
     /// Bytes used in place from the mapping.
     pub mapped_bytes: usize,
