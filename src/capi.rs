@@ -210,7 +210,8 @@ fn field(s: Setting) -> &'static str {
         | Setting::DpThreshold
         | Setting::MinP
         | Setting::RepeatPenalty
-        | Setting::RepeatLastN => s.describe(),
+        | Setting::RepeatLastN
+        | Setting::VisionType => s.describe(),
     }
 }
 

@@ -51,6 +51,8 @@ pub enum Setting {
     GpuLayers,
     /// The folder of the embedding cache.
     CacheDir,
+    /// The type the vision tower's matrices are multiplied in.
+    VisionType,
 }
 
 impl Setting {
@@ -80,6 +82,7 @@ impl Setting {
             Setting::Device => "device",
             Setting::GpuLayers => "GPU layers",
             Setting::CacheDir => "cache folder",
+            Setting::VisionType => "vision weight type",
         }
     }
 }

@@ -12,7 +12,7 @@
 //! # fn main() -> dycoke::Result<()> {
 //! # // The tiny random LLaVA-OneVision the tests use, converted to GGUF, stands in for a real model.
 //! # let dir = tempfile::tempdir().unwrap();
-//! # let opts = gguf_tools::convert::ConvertOptions { input: "tests/fixtures/llava-tiny/hf".into(), prefix: dir.path().join("tiny"), outtype: dycoke::ggml::GgmlType::F32 };
+//! # let opts = gguf_tools::convert::ConvertOptions { input: "tests/fixtures/llava-tiny/hf".into(), prefix: dir.path().join("tiny"), outtype: dycoke::ggml::GgmlType::F32, vision_type: None };
 //! # gguf_tools::convert::convert(&opts, &mut |_, _, _| {}).unwrap();
 //! # let (llm, mmproj) = (dir.path().join("tiny-llm.gguf"), dir.path().join("tiny-mmproj.gguf"));
 //! # let video = "tests/fixtures/llava-tiny/clip.mp4";
@@ -38,7 +38,7 @@
 //! # fn main() -> dycoke::Result<()> {
 //! # // The tiny random LLaVA-OneVision the tests use, converted to GGUF, stands in for a real model.
 //! # let dir = tempfile::tempdir().unwrap();
-//! # let opts = gguf_tools::convert::ConvertOptions { input: "tests/fixtures/llava-tiny/hf".into(), prefix: dir.path().join("tiny"), outtype: dycoke::ggml::GgmlType::F32 };
+//! # let opts = gguf_tools::convert::ConvertOptions { input: "tests/fixtures/llava-tiny/hf".into(), prefix: dir.path().join("tiny"), outtype: dycoke::ggml::GgmlType::F32, vision_type: None };
 //! # gguf_tools::convert::convert(&opts, &mut |_, _, _| {}).unwrap();
 //! # let (llm, mmproj) = (dir.path().join("tiny-llm.gguf"), dir.path().join("tiny-mmproj.gguf"));
 //! # let _ = mmproj;
@@ -105,4 +105,5 @@ pub use error::{Error, Result, Setting};
 pub use model::{Model, ModelOptions};
 pub use progress::Phase;
 pub use sampler::SamplerParams;
+pub use vision::layout::VisionType;
 pub use session::{CancelToken, GenerateParams, Generation, PromptPart, PromptStats, Session, SessionOptions, StopReason};

@@ -9,6 +9,7 @@ use crate::ggml::{Device, DeviceKind};
 use crate::gguf::GgufFile;
 use crate::llm::qwen2::Qwen2;
 use crate::tokenizer::Tokenizer;
+use crate::vision::layout::VisionType;
 use crate::vision::VisionModel;
 use crate::weights::Placement;
 
@@ -25,11 +26,14 @@ pub struct ModelOptions {
     pub gpu_layers: usize,
     /// Repack matrices into the CPU's faster layouts (llama.cpp does by default).
     pub repack: bool,
+    /// The type the vision matrices are multiplied in (`VisionType::parse` checks a user's value):
+    /// `Auto` (the default) picks the fastest measured layout for each stored type on this CPU.
+    pub vision_type: VisionType,
 }
 
 impl ModelOptions {
     pub fn new(llm: impl Into<PathBuf>) -> ModelOptions {
-        ModelOptions { llm: llm.into(), mmproj: None, device: None, gpu_layers: 0, repack: true }
+        ModelOptions { llm: llm.into(), mmproj: None, device: None, gpu_layers: 0, repack: true, vision_type: VisionType::Auto }
     }
 }
 
@@ -78,7 +82,7 @@ impl Model {
         let vision = match &opts.mmproj {
             None => None,
             Some(path) => {
-                let v = VisionModel::load(path, placement)?;
+                let v = VisionModel::load_with(path, placement, opts.vision_type)?;
                 v.check_llm_width(llm.params().n_embd)?;
                 Some(v)
             }

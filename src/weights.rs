@@ -3,7 +3,10 @@
 //! On the CPU, weights are zero-copy: tensors point into the file mapping. The exceptions are
 //! matrices whose type the CPU backend multiplies faster in a repacked layout (for example Q4_K and
 //! Q4_0 with AVX2); like llama.cpp, those are copied once into the CPU's repack buffer, unless
-//! repacking is turned off. Layers offloaded to a GPU are uploaded to its memory.
+//! repacking is turned off. Layers offloaded to a GPU are uploaded to its memory. A caller may ask
+//! for matrices in another type than the file's (the vision tower widened to F32 where ggml
+//! multiplies that faster): those are converted once at load into memory of their own, repacked
+//! where ggml has a layout for the new type.
 
 use std::sync::Arc;
 
@@ -39,15 +42,30 @@ impl Placement {
     }
 }
 
+/// Where one matrix (a 2-D matrix-product weight) ended up, for reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MatrixPlacement {
+    pub name: String,
+    /// Its type in the file.
+    pub file_type: GgmlType,
+    /// The type it is multiplied in (differs from the file's when it was converted at load).
+    pub ty: GgmlType,
+    /// `mapped` (zero-copy in the file mapping), or the ggml buffer type holding it (`CPU` for a
+    /// converted copy, `CPU_REPACK`, a GPU's).
+    pub buffer: String,
+}
+
 /// The loaded weights: their contexts, which keep the mapping and buffers alive.
 pub struct WeightStore {
     contexts: Vec<Context>,
-    /// Bytes copied out of the mapping (repacked or uploaded).
+    /// Bytes held outside the mapping (repacked, converted or uploaded copies), as held.
     pub copied_bytes: usize,
     /// Bytes used in place from the mapping.
     pub mapped_bytes: usize,
     /// Names of the buffer kinds used, for diagnostics.
     pub buffers: Vec<String>,
+    /// Every matrix's placement, in declaration order.
+    pub matrices: Vec<MatrixPlacement>,
 }
 
 impl WeightStore {
@@ -62,6 +80,9 @@ struct Group {
     items: Vec<(Tensor, TensorInfo)>,
 }
 
+/// The type a matrix of a given stored type is multiplied in (see `WeightLoader::convert_matrices`).
+pub type MatrixTypeRule = Box<dyn Fn(GgmlType) -> GgmlType>;
+
 /// Declares weights one by one (checking names, shapes and types), then loads them all.
 pub struct WeightLoader {
     file: Arc<GgufFile>,
@@ -69,8 +90,11 @@ pub struct WeightLoader {
     cpu: Device,
     repack_types: Vec<BufferType>,
     host: Group,
-    repacked: Vec<Group>,
+    /// Copies on the CPU: repacked layouts, and converted matrices in plain CPU memory.
+    copied: Vec<Group>,
     device: Option<Group>,
+    convert: Option<MatrixTypeRule>,
+    matrices: Vec<MatrixPlacement>,
 }
 
 impl WeightLoader {
@@ -79,7 +103,24 @@ impl WeightLoader {
         let cpu = Device::cpu();
         let repack_types = if placement.repack { cpu.extra_buffer_types() } else { Vec::new() };
         let host = Group { buft: BufferType::cpu(), ctx: Context::new(n, 0), items: Vec::new() };
-        WeightLoader { file, placement, cpu, repack_types, host, repacked: Vec::new(), device: None }
+        WeightLoader { file, placement, cpu, repack_types, host, copied: Vec::new(), device: None, convert: None, matrices: Vec::new() }
+    }
+
+    /// Matrices declared from now on are multiplied in `rule(stored type)`: where that differs from
+    /// the file's type and ggml can convert to it with whole blocks per row, the matrix is converted
+    /// once at load (dequantized to F32, then rounded or quantized by ggml's own routines); a matrix
+    /// whose rows do not fit the new type's blocks keeps its stored type.
+    pub fn convert_matrices(&mut self, rule: MatrixTypeRule) {
+        self.convert = Some(rule);
+    }
+
+    /// The type a matrix stored as `info` is multiplied in.
+    fn matrix_type(&self, info: &TensorInfo, usage: WeightUse) -> GgmlType {
+        let Some(rule) = &self.convert else { return info.ty };
+        if usage != WeightUse::Matmul || info.shape.len() != 2 {
+            return info.ty;
+        }
+        converted_type(info.ty, rule(info.ty), info.shape[0])
     }
 
     pub fn file(&self) -> &GgufFile {
@@ -93,29 +134,32 @@ impl WeightLoader {
         let on_gpu = self.placement.device.kind() != DeviceKind::Cpu
             && layer.map_or(self.placement.gpu_layers > 0, |l| l < self.placement.gpu_layers);
         let ne: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
+        let ty = self.matrix_type(&info, usage);
+        // A converted matrix cannot point into the file: it gets CPU memory of its own.
+        let copy_to = if on_gpu { None } else { self.repack_target(ty, &info, usage).or((ty != info.ty).then(BufferType::cpu)) };
+        let n = self.file.tensors().len() + 8;
         let group = if on_gpu {
             let dev = self.placement.device;
-            self.device.get_or_insert_with(|| Group {
-                buft: dev.buffer_type(),
-                ctx: Context::new(self.file.tensors().len() + 8, 0),
-                items: Vec::new(),
-            })
-        } else if let Some(buft) = self.repack_target(&info, usage) {
-            let n = self.file.tensors().len() + 8;
-            let pos = match self.repacked.iter().position(|g| g.buft == buft) {
+            self.device.get_or_insert_with(|| Group { buft: dev.buffer_type(), ctx: Context::new(n, 0), items: Vec::new() })
+        } else if let Some(buft) = copy_to {
+            let pos = match self.copied.iter().position(|g| g.buft == buft) {
                 Some(p) => p,
                 None => {
-                    self.repacked.push(Group { buft, ctx: Context::new(n, 0), items: Vec::new() });
-                    self.repacked.len() - 1
+                    self.copied.push(Group { buft, ctx: Context::new(n, 0), items: Vec::new() });
+                    self.copied.len() - 1
                 }
             };
-            &mut self.repacked[pos]
+            &mut self.copied[pos]
         } else {
             &mut self.host
         };
-        let t = group.ctx.new_tensor(info.ty, &ne);
+        let t = group.ctx.new_tensor(ty, &ne);
         group.ctx.set_name(&t, name);
-        group.items.push((t.clone(), info));
+        group.items.push((t.clone(), info.clone()));
+        if usage == WeightUse::Matmul && info.shape.len() == 2 {
+            let buffer = if on_gpu || copy_to.is_some() { group.buft.name() } else { "mapped".to_string() };
+            self.matrices.push(MatrixPlacement { name: name.to_string(), file_type: info.ty, ty, buffer });
+        }
         Ok(t)
     }
 
@@ -147,18 +191,17 @@ impl WeightLoader {
         Err(self.file.error(GgufError::TensorType { tensor: info.name.clone(), found: info.ty.to_string(), expected }))
     }
 
-    fn repack_target(&self, info: &TensorInfo, usage: WeightUse) -> Option<BufferType> {
+    fn repack_target(&self, ty: GgmlType, info: &TensorInfo, usage: WeightUse) -> Option<BufferType> {
         if usage != WeightUse::Matmul || info.shape.len() != 2 {
             return None;
         }
-        let ne = [info.shape[0] as i64, info.shape[1] as i64];
-        self.repack_types.iter().copied().find(|b| self.cpu.weight_buffer_supported(b, info.ty, ne))
+        repack_buffer(&self.cpu, &self.repack_types, ty, [info.shape[0], info.shape[1]])
     }
 
     /// Allocates and fills every declared weight.
     pub fn finish(self) -> Result<WeightStore> {
-        let WeightLoader { file, host, repacked, device, .. } = self;
-        let mut store = WeightStore { contexts: Vec::new(), copied_bytes: 0, mapped_bytes: 0, buffers: Vec::new() };
+        let WeightLoader { file, host, copied, device, matrices, .. } = self;
+        let mut store = WeightStore { contexts: Vec::new(), copied_bytes: 0, mapped_bytes: 0, buffers: Vec::new(), matrices: Vec::new() };
 
         if !host.items.is_empty() {
             // One CPU buffer over the whole mapping (page-aligned base); tensors point into it.
@@ -176,23 +219,73 @@ impl WeightLoader {
             store.contexts.push(host.ctx);
         }
 
-        for group in repacked.into_iter().chain(device) {
+        for group in copied.into_iter().chain(device) {
             let buffer = group.buft.alloc_context_tensors(&group.ctx).ok_or_else(|| {
                 file.error::<crate::gguf::Error>(GgufError::Io(std::io::Error::other(format!(
                     "could not allocate {} bytes of {} memory for the weights",
-                    group.items.iter().map(|(_, i)| i.size).sum::<u64>(),
+                    group.items.iter().map(|(t, _)| t.n_bytes()).sum::<usize>(),
                     group.buft.name()
                 ))))
             })?;
             buffer.mark_weights();
             for (t, info) in &group.items {
                 // For repack buffers, this is where ggml converts the layout.
-                t.write_bytes(file.tensor_data(info));
-                store.copied_bytes += info.size as usize;
+                if t.ty() == info.ty {
+                    t.write_bytes(file.tensor_data(info));
+                } else {
+                    write_converted(t, info.ty, file.tensor_data(info), info.shape[0] as usize);
+                }
+                store.copied_bytes += t.n_bytes();
             }
             store.buffers.push(group.buft.name());
             store.contexts.push(group.ctx);
         }
+        store.matrices = matrices;
         Ok(store)
     }
 }
+
+/// The type a matrix stored as `stored`, with rows of `row_len` values, is multiplied in when `to`
+/// is asked for: `to` when ggml can convert to it with whole blocks per row, else `stored`.
+pub fn converted_type(stored: GgmlType, to: GgmlType, row_len: u64) -> GgmlType {
+    if to != stored && to.row_bytes(row_len).is_some() && crate::ggml::can_quantize_to(to) {
+        to
+    } else {
+        stored
+    }
+}
+
+/// The repacked layout ggml multiplies a `ty` matrix of shape `ne` faster in, among `types`, if it
+/// has one. ggml decides (every type its CPU backend can repack on this CPU qualifies), as in
+/// llama.cpp.
+fn repack_buffer(cpu: &Device, types: &[BufferType], ty: GgmlType, ne: [u64; 2]) -> Option<BufferType> {
+    let ne = [ne[0] as i64, ne[1] as i64];
+    types.iter().copied().find(|b| cpu.weight_buffer_supported(b, ty, ne))
+}
+
+/// The buffer a matrix of `ty` and shape `ne` would get on the CPU with repacking on: the repack
+/// buffer's name, `CPU` for a converted copy, `mapped` for one used in place.
+pub fn cpu_matrix_buffer(ty: GgmlType, ne: [u64; 2], converted: bool) -> String {
+    let cpu = Device::cpu();
+    match repack_buffer(&cpu, &cpu.extra_buffer_types(), ty, ne) {
+        Some(b) => b.name(),
+        None if converted => BufferType::cpu().name(),
+        None => "mapped".into(),
+    }
+}
+
+/// Fills `t` with a matrix stored as `from` (`data`, rows of `n_per_row` values), in `t`'s type:
+/// decoded to F32 and encoded again by ggml's own routines. Both types hold whole blocks per row
+/// (checked when the matrix was declared). The F32 scratch is one matrix (about 20 MB for
+/// SigLIP-so400m's largest).
+fn write_converted(t: &Tensor, from: GgmlType, data: &[u8], n_per_row: usize) {
+    let row_in = from.row_bytes(n_per_row as u64).expect("whole blocks") as usize;
+    let mut values = vec![0f32; data.len() / row_in * n_per_row];
+    crate::ggml::dequantize(from, data, &mut values);
+    if t.ty() == GgmlType::F32 {
+        t.write_f32(&values);
+    } else {
+        t.write_bytes(&crate::ggml::quantize_rows(t.ty(), &values, n_per_row));
+    }
+}
+

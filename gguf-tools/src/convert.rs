@@ -28,6 +28,8 @@ pub struct ConvertOptions {
     /// Outputs are `{prefix}-llm.gguf` and `{prefix}-mmproj.gguf`.
     pub prefix: PathBuf,
     pub outtype: GgmlType,
+    /// The vision matrices' type; None: `layout::default_vision_type(outtype)`.
+    pub vision_type: Option<GgmlType>,
 }
 
 #[derive(Clone, Debug)]
@@ -304,8 +306,11 @@ fn add_tensors(head: &mut GgufWriter, path: &Path, tensors: &[TensorPlan]) -> Re
 
 /// Reads a checkpoint's configuration and tensor headers and plans both files.
 pub fn plan(opts: &ConvertOptions) -> Result<ConvertPlan> {
-    if !layout::TARGETS.contains(&opts.outtype) {
-        return Err(ConvertError::OutputType { ty: opts.outtype });
+    let vision_type = opts.vision_type.unwrap_or_else(|| layout::default_vision_type(opts.outtype));
+    for ty in [opts.outtype, vision_type] {
+        if !layout::TARGETS.contains(&ty) {
+            return Err(ConvertError::OutputType { ty });
+        }
     }
     let dir = &opts.input;
     let config_path = dir.join("config.json");
@@ -354,7 +359,7 @@ pub fn plan(opts: &ConvertOptions) -> Result<ConvertPlan> {
         }
         seen.push((name.clone(), hf));
         let shape: Vec<u64> = src.shape.iter().rev().copied().collect();
-        let ty = if vision_side { layout::vision_storage_type(&name, &shape, opts.outtype) } else { layout::storage_type(&name, &shape, opts.outtype) };
+        let ty = if vision_side { layout::vision_storage_type(&name, &shape, vision_type) } else { layout::storage_type(&name, &shape, opts.outtype) };
         let t = TensorPlan { source: hf.clone(), shard, name, shape, ty, data: src.clone() };
         if vision_side { mmproj.push(t) } else { llm.push(t) }
     }

@@ -79,6 +79,9 @@ enum Command {
         /// Type of the weight matrices: f32, f16, bf16, q8_0, q4_0, q5_0, q4_k, q5_k, q6_k.
         #[arg(long, default_value = "f16", value_parser = parse_type)]
         outtype: GgmlType,
+        /// Type of the vision matrices [default: --outtype when it is f32, f16 or bf16, else f16].
+        #[arg(long, value_parser = parse_type)]
+        vision_type: Option<GgmlType>,
     },
     /// Quantize an F32/F16/BF16 GGUF with ggml's quantizers.
     Quantize {
@@ -118,10 +121,10 @@ fn run(cli: Cli) -> Result<(), String> {
             eprintln!("wrote {} ({} tokens, {} layers, {})", output.display(), vocab.len(), n_layer, weight_type);
             Ok(())
         }
-        Command::Convert { input, output, outtype } => {
+        Command::Convert { input, output, outtype, vision_type } => {
             let bar = indicatif::ProgressBar::new(0);
             bar.set_style(indicatif::ProgressStyle::with_template("converting [{bar:30}] {pos}/{len} {msg}").unwrap().progress_chars("=> "));
-            let opts = gguf_tools::convert::ConvertOptions { input, prefix: output, outtype };
+            let opts = gguf_tools::convert::ConvertOptions { input, prefix: output, outtype, vision_type };
             let report = gguf_tools::convert::convert(&opts, &mut |done, total, name| {
                 bar.set_length(total as u64);
                 bar.set_position(done as u64);
@@ -129,7 +132,8 @@ fn run(cli: Cli) -> Result<(), String> {
             });
             bar.finish_and_clear();
             let report = report.map_err(|e| e.to_string())?;
-            eprintln!("wrote {} and {} ({} tensors, {})", report.llm.display(), report.mmproj.display(), report.tensors, outtype);
+            let vision = vision_type.unwrap_or_else(|| gguf_tools::layout::default_vision_type(outtype));
+            eprintln!("wrote {} and {} ({} tensors, {outtype}, vision {vision})", report.llm.display(), report.mmproj.display(), report.tensors);
             Ok(())
         }
         Command::Quantize { input, output, target } => {

@@ -13,7 +13,7 @@ fn fixture() -> PathBuf {
 }
 
 fn options(input: &Path, out: &Path, outtype: GgmlType) -> ConvertOptions {
-    ConvertOptions { input: input.to_path_buf(), prefix: out.join("tiny"), outtype }
+    ConvertOptions { input: input.to_path_buf(), prefix: out.join("tiny"), outtype, vision_type: None }
 }
 
 /// A copy of the fixture whose config.json and tensors `edit_config` and `edit_tensors` change.
@@ -65,8 +65,13 @@ fn the_plan_names_every_tensor_source_shape_and_type() {
     let find = |name: &str| p.llm.tensors.iter().chain(&p.mmproj.tensors).find(|t| t.name == name).unwrap_or_else(|| panic!("{name} planned"));
     let q = find("blk.1.attn_k.weight");
     assert_eq!((q.source.as_str(), q.shape.as_slice(), q.ty), ("language_model.model.layers.1.self_attn.k_proj.weight", &[64u64, 32][..], GgmlType::Q8_0));
+    // The vision side stays in float unless asked for (layout::default_vision_type).
     let mm = find("mm.0.weight");
-    assert_eq!((mm.source.as_str(), mm.shape.as_slice(), mm.ty), ("multi_modal_projector.linear_1.weight", &[32u64, 64][..], GgmlType::Q8_0));
+    assert_eq!((mm.source.as_str(), mm.shape.as_slice(), mm.ty), ("multi_modal_projector.linear_1.weight", &[32u64, 64][..], GgmlType::F16));
+    assert_eq!(find("v.blk.1.ffn_down.weight").ty, GgmlType::F16);
+    let asked = plan(&ConvertOptions { vision_type: Some(GgmlType::Q8_0), ..options(&fixture(), tmp.path(), GgmlType::Q8_0) }).unwrap();
+    let mm = asked.mmproj.tensors.iter().find(|t| t.name == "mm.0.weight").unwrap();
+    assert_eq!(mm.ty, GgmlType::Q8_0);
     let patch = find("v.patch_embd.weight");
     assert_eq!((patch.shape.as_slice(), patch.ty), (&[14u64, 14, 3, 32][..], GgmlType::F16));
     assert_eq!(find("v.position_embd.weight").ty, GgmlType::F32);
@@ -168,6 +173,8 @@ fn unusable_weights_and_types_are_refused() {
     assert!(matches!(fails(&dir, tmp.path(), &["no model*.safetensors files"]), ConvertError::NoWeights { .. }));
 
     let err = plan(&options(&fixture(), tmp.path(), GgmlType::Q4_1)).err().expect("Q4_1 is not a target");
+    assert!(matches!(err, ConvertError::OutputType { ty: GgmlType::Q4_1 }), "{err:?}");
+    let err = plan(&ConvertOptions { vision_type: Some(GgmlType::Q4_1), ..options(&fixture(), tmp.path(), GgmlType::F16) }).err().expect("Q4_1 is not a vision target");
     assert!(matches!(err, ConvertError::OutputType { ty: GgmlType::Q4_1 }), "{err:?}");
     assert!(err.to_string().contains("q8_0"), "{err}");
 }

@@ -163,6 +163,12 @@ pub struct VisionArgs {
     /// projector's). Needs a build with --features llama-mtmd.
     #[arg(long, value_name = "GGUF")]
     llama_cpp_llm: Option<PathBuf>,
+    /// Type the matrices are multiplied in: auto, or f32, f16, bf16, q8_0, q4_0, ... (converted at load).
+    #[arg(long, value_name = "TYPE", default_value = "auto")]
+    vision_type: String,
+    /// Keep every matrix in the file mapping's layout (no repacked copies), to measure repacking.
+    #[arg(long)]
+    no_repack: bool,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -205,6 +211,8 @@ pub fn run(cmd: BenchCommand) -> dycoke::Result<()> {
                 batch: a.batch,
                 reps: a.reps,
                 llama_cpp_llm: a.llama_cpp_llm.clone(),
+                vision_type: dycoke::VisionType::parse(&a.vision_type)?,
+                repack: !a.no_repack,
             };
             eprintln!("{} on {} threads, CPU: {}", a.mmproj.display(), opts.threads, dycoke::ggml::cpu_features_line());
             let r = run_vision_bench(&opts)?;
@@ -212,6 +220,8 @@ pub fn run(cmd: BenchCommand) -> dycoke::Result<()> {
                 println!("{}", serde_json::to_string(&r).expect("serializable"));
             } else {
                 println!("weights                {}", r.weight_type);
+                println!("layout                 {}", r.layout);
+                println!("load seconds           {:.2}", r.load_s);
                 println!("frames x batch         {} x {}", r.frames, r.batch);
                 println!("seconds per frame      {:.3}", r.seconds_per_frame);
                 println!("GFLOP per frame        {:.1}", r.gflop_per_frame);

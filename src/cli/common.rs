@@ -9,7 +9,7 @@ use dycoke::compress::Compression;
 use dycoke::conversation::ConversationOptions;
 use dycoke::encoder::EncoderOptions;
 use dycoke::media::Sampling;
-use dycoke::{Error, GenerateParams, ModelOptions, Phase, SamplerParams, SessionOptions, Setting};
+use dycoke::{Error, GenerateParams, ModelOptions, Phase, SamplerParams, SessionOptions, Setting, VisionType};
 use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 
 /// The model a command runs when `-m` is not given: the file `scripts/fetch-qwen2-0.5b` fetches.
@@ -32,6 +32,11 @@ pub struct ModelArgs {
     /// Keep every weight in the file mapping (no repacked copies; slower on some CPUs).
     #[arg(long)]
     pub no_repack: bool,
+    /// Type the vision matrices are multiplied in: auto (F16 and BF16 widened to F32 where ggml runs
+    /// AVX-512, the fastest measured; others as stored), or f32, f16, bf16, q8_0, q4_0, ...
+    /// (converted once at load).
+    #[arg(long, value_name = "TYPE", default_value = "auto")]
+    pub vision_type: String,
 }
 
 impl ModelArgs {
@@ -49,7 +54,8 @@ impl ModelArgs {
                 p
             }
         };
-        Ok(ModelOptions { llm: path, mmproj: self.mmproj.clone(), device: Some(self.device.clone()), gpu_layers: self.gpu_layers, repack: !self.no_repack })
+        let vision_type = VisionType::parse(&self.vision_type)?;
+        Ok(ModelOptions { llm: path, mmproj: self.mmproj.clone(), device: Some(self.device.clone()), gpu_layers: self.gpu_layers, repack: !self.no_repack, vision_type })
     }
 }
 

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use clap::Args;
 use dycoke::gguf::GgufFile;
 use dycoke::llm::qwen2::Qwen2Params;
-use dycoke::Error;
+use dycoke::vision::layout;
+use dycoke::{Error, VisionType};
 
 #[derive(Args)]
 pub struct InfoArgs {
@@ -14,9 +15,13 @@ pub struct InfoArgs {
     /// List every tensor.
     #[arg(long)]
     tensors: bool,
+    /// For a vision model: the --vision-type whose layout to show.
+    #[arg(long, value_name = "TYPE", default_value = "auto")]
+    vision_type: String,
 }
 
 pub fn run(a: InfoArgs) -> dycoke::Result<()> {
+    let vision_type = VisionType::parse(&a.vision_type)?;
     let file = GgufFile::open(&a.file)?;
     let mut out = std::io::stdout().lock();
     match dycoke::gguf::describe(&file, &mut out, a.tensors) {
@@ -30,6 +35,10 @@ pub fn run(a: InfoArgs) -> dycoke::Result<()> {
             "qwen2:      {} layers, hidden {}, {} heads ({} KV) of {}, FFN {}, vocabulary {}, context {}, RoPE base {}",
             p.n_layer, p.n_embd, p.n_head, p.n_head_kv, p.head_dim, p.n_ff, p.n_vocab, p.n_ctx_train, p.rope_freq_base
         );
+    }
+    if file.get_str(dycoke::gguf::names::general::ARCHITECTURE)? == Some(dycoke::gguf::names::clip::ARCH) {
+        // What a load would do with the matrices on this CPU (repacking is decided at load).
+        println!("vision weights: {}", layout::describe(vision_type, &layout::plan(&file, vision_type)));
     }
     println!("ggml CPU:   {}", dycoke::ggml::cpu_features_line());
     Ok(())

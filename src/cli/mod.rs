@@ -74,6 +74,7 @@ pub fn flag(s: Setting) -> &'static str {
         Setting::Device => "--device",
         Setting::GpuLayers => "-ngl/--n-gpu-layers",
         Setting::CacheDir => "--cache-dir",
+        Setting::VisionType => "--vision-type",
     }
 }
 

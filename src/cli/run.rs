@@ -102,6 +102,9 @@ pub fn run(a: RunArgs) -> dycoke::Result<()> {
     }
     if a.timings {
         eprintln!("load:    {:.2} s", model.load_time().as_secs_f64());
+        if let Some(v) = model.vision() {
+            eprintln!("vision weights: {}", v.layout());
+        }
         for m in chat.media() {
             eprintln!("media:   {}; {} rows", describe(m), m.n_rows());
         }

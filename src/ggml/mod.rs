@@ -93,10 +93,17 @@ fn cpu_features() -> Vec<(&'static str, bool)> {
             ("F16C", sys::ggml_cpu_has_f16c() != 0),
             ("FMA", sys::ggml_cpu_has_fma() != 0),
             ("AVX512", sys::ggml_cpu_has_avx512() != 0),
+            ("AVX512_BF16", sys::ggml_cpu_has_avx512_bf16() != 0),
             ("NEON", sys::ggml_cpu_has_neon() != 0),
             ("ARM_FMA", sys::ggml_cpu_has_arm_fma() != 0),
         ]
     }
+}
+
+/// Whether ggml's CPU backend was built for AVX-512 (its matrix products then run 16 F32 lanes).
+pub fn cpu_has_avx512() -> bool {
+    // SAFETY: plain query of the features ggml was compiled for.
+    unsafe { sys::ggml_cpu_has_avx512() != 0 }
 }
 
 /// A one-line summary such as "AVX2 F16C FMA".

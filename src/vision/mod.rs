@@ -1,6 +1,7 @@
 //! The vision side of LLaVA-OneVision: preprocessing, the SigLIP tower, the projector and pooling,
 //! loaded from an mmproj-style GGUF.
 
+pub mod layout;
 pub mod preprocess;
 pub mod projector;
 pub mod reuse;
@@ -18,6 +19,7 @@ use crate::ggml::GgmlType;
 use crate::gguf::{GgufError, GgufFile};
 use crate::media::Frame;
 use crate::weights::{Placement, WeightLoader, WeightStore};
+use layout::VisionType;
 use projector::ProjectorWeights;
 use reuse::ReuseState;
 pub use reuse::TemporalReuse;
@@ -54,7 +56,9 @@ pub struct VisionModel {
     tower: SiglipWeights,
     projector: ProjectorWeights,
     newline: Vec<f32>,
-    _store: WeightStore,
+    store: WeightStore,
+    /// The matrices' layout in words (`layout::describe`).
+    layout: String,
     file: Arc<GgufFile>,
     /// A hash of the whole file, computed on first use (the embedding cache keys on it).
     content_hash: std::sync::OnceLock<[u8; 32]>,
@@ -113,8 +117,14 @@ fn read_extras(f: &GgufFile, tower: &SiglipParams) -> Result<Extras> {
 }
 
 impl VisionModel {
-    /// Loads an mmproj GGUF. Every key and tensor is checked; errors name the file.
+    /// Loads an mmproj GGUF with the matrices in `auto`'s layout (see `layout`).
     pub fn load(path: &Path, placement: Placement) -> Result<Arc<VisionModel>> {
+        VisionModel::load_with(path, placement, VisionType::Auto)
+    }
+
+    /// Loads an mmproj GGUF, its matrices multiplied in the type `vision_type` gives. Every key and
+    /// tensor is checked; errors name the file.
+    pub fn load_with(path: &Path, placement: Placement, vision_type: VisionType) -> Result<Arc<VisionModel>> {
         crate::ggml::init();
         let file = Arc::new(GgufFile::open(path)?);
         let arch = file.require_str(general::ARCHITECTURE)?;
@@ -124,6 +134,7 @@ impl VisionModel {
         let tower_params = SiglipParams::from_gguf(&file)?;
         let Extras { pool_stride, pinpoints, max_crops } = read_extras(&file, &tower_params)?;
         let mut w = WeightLoader::new(file.clone(), placement);
+        w.convert_matrices(vision_type.rule());
         let tower = SiglipWeights::load(&mut w, &tower_params)?;
         let projector = ProjectorWeights::load(&mut w, tower_params.hidden)?;
         let d = projector.out_dim as u64;
@@ -140,7 +151,18 @@ impl VisionModel {
         crate::ggml::dequantize(info.ty, file.tensor_data(info), &mut newline);
         let store = w.finish()?;
         let params = VisionParams { tower: tower_params, out_dim: projector.out_dim, pool_stride, pinpoints, max_crops };
-        Ok(Arc::new(VisionModel { params, tower, projector, newline, _store: store, file, content_hash: Default::default() }))
+        let layout = layout::describe(vision_type, &store.matrices);
+        Ok(Arc::new(VisionModel { params, tower, projector, newline, store, layout, file, content_hash: Default::default() }))
+    }
+
+    /// Where the weights went: each matrix's stored and computed type and buffer, bytes copied.
+    pub fn weights(&self) -> &WeightStore {
+        &self.store
+    }
+
+    /// The matrices' layout in one line: "F16 file -> BF16 (CPU BF16 dot products): ...".
+    pub fn layout(&self) -> &str {
+        &self.layout
     }
 
     pub fn params(&self) -> &VisionParams {
@@ -151,9 +173,18 @@ impl VisionModel {
         self.file.path()
     }
 
-    /// A BLAKE3 hash of the whole mmproj file (about a second per GB, once per model).
+    /// A BLAKE3 hash of the weights as computed (about a second per GB, once per model): the whole
+    /// mmproj file, and the types of the matrices converted at load, whose embeddings differ from
+    /// the file's own (the embedding cache keys on this).
     pub fn content_hash(&self) -> [u8; 32] {
-        *self.content_hash.get_or_init(|| *blake3::hash(self.file.file_bytes()).as_bytes())
+        *self.content_hash.get_or_init(|| {
+            let mut h = blake3::Hasher::new();
+            h.update(self.file.file_bytes());
+            for m in self.store.matrices.iter().filter(|m| m.ty != m.file_type) {
+                h.update(&m.ty.id().to_le_bytes());
+            }
+            *h.finalize().as_bytes()
+        })
     }
 
     /// The embedding that follows a video (and each image row).

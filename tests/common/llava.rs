@@ -14,7 +14,7 @@ pub fn manifest() -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(dir().join("refs/manifest.json")).unwrap()).unwrap()
 }
 
-/// (LLM, mmproj) converted from the fixture checkpoint with `outtype`.
+/// (LLM, mmproj) converted from the fixture checkpoint with `outtype`, the vision side included.
 pub fn converted(outtype: GgmlType) -> (PathBuf, PathBuf) {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = LOCK.lock().unwrap();
@@ -22,7 +22,7 @@ pub fn converted(outtype: GgmlType) -> (PathBuf, PathBuf) {
     let llm = PathBuf::from(format!("{}-llm.gguf", prefix.display()));
     let mmproj = PathBuf::from(format!("{}-mmproj.gguf", prefix.display()));
     if !llm.exists() {
-        let opts = gguf_tools::convert::ConvertOptions { input: dir().join("hf"), prefix, outtype };
+        let opts = gguf_tools::convert::ConvertOptions { input: dir().join("hf"), prefix, outtype, vision_type: Some(outtype) };
         gguf_tools::convert::convert(&opts, &mut |_, _, _| {}).expect("convert the fixture");
     }
     (llm, mmproj)

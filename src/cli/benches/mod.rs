@@ -189,7 +189,8 @@ pub mod video;
 
 // ---- vision ------------------------------------------------------------------------------------
 
-use dycoke::ggml::{Backend, Context as GraphContext, Device, GgmlType, Scheduler};
+use dycoke::ggml::{Backend, BufferType, Context as GraphContext, Device, GgmlType, Scheduler};
+use dycoke::VisionType;
 use dycoke::gguf::names::vision::{BlockPart, Param, Tensor as VisionTensor};
 use dycoke::vision::{Stage, VisionContext, VisionModel};
 use dycoke::weights::Placement;
@@ -207,13 +208,23 @@ pub struct VisionBenchOptions {
     /// With the `llama-mtmd` feature: a text model whose width the mmproj feeds, to measure the same
     /// encoder in llama.cpp's CLIP.
     pub llama_cpp_llm: Option<PathBuf>,
+    /// The type the matrices are multiplied in.
+    pub vision_type: VisionType,
+    /// Repack matrices into the CPU's interleaved layouts where ggml has them.
+    pub repack: bool,
 }
 
 /// The result of the vision benchmark.
 #[derive(Clone, Debug, Serialize)]
 pub struct VisionBenchReport {
     pub file: String,
+    /// The type the tower's matrices are multiplied in (after any conversion at load).
     pub weight_type: String,
+    /// `--vision-type` and where the matrices went (`vision::layout::describe`).
+    pub vision_type: String,
+    pub layout: String,
+    /// Seconds the load took (conversions at load included).
+    pub load_s: f64,
     pub threads: usize,
     pub frames: usize,
     pub batch: usize,
@@ -247,16 +258,17 @@ fn block0(part: BlockPart) -> String {
     VisionTensor::Block(0, part, Param::Weight).name()
 }
 
-/// The type of the tower's matrices in a vision GGUF (for the report).
-fn tower_type(file: &dycoke::gguf::GgufFile) -> GgmlType {
-    file.tensor(&block0(BlockPart::AttnQ)).map_or(GgmlType::F32, |t| t.ty)
+/// Where the model put a matrix of the tower's first block: (type, buffer), F16 mapped if absent.
+fn block0_placement(model: &VisionModel, part: BlockPart) -> (GgmlType, String) {
+    let name = block0(part);
+    model.weights().matrices.iter().find(|m| m.name == name).map_or((GgmlType::F16, "mapped".into()), |m| (m.ty, m.buffer.clone()))
 }
 
 /// Measures the throughput of the tower's matrix products alone: one block's six products over
-/// `rows` patches, with weights of the file's types, repeated `repeat` times in one graph.
-fn matmul_gflops(file: &dycoke::gguf::GgufFile, hidden: usize, ffn: usize, rows: usize, threads: usize) -> Result<f64> {
+/// `rows` patches, with weights of the types and in the (repacked or plain) buffers the model uses.
+fn matmul_gflops(model: &VisionModel, hidden: usize, ffn: usize, rows: usize, threads: usize) -> Result<f64> {
     let mut g = GraphContext::new(64, 64);
-    let ty = |part: BlockPart| file.tensor(&block0(part)).map_or(GgmlType::F16, |t| t.ty);
+    let mut weight_ctx: Vec<(BufferType, GraphContext)> = Vec::new();
     let shapes = [
         (BlockPart::AttnQ, hidden, hidden),
         (BlockPart::AttnK, hidden, hidden),
@@ -270,9 +282,18 @@ fn matmul_gflops(file: &dycoke::gguf::GgufFile, hidden: usize, ffn: usize, rows:
     let x_h = g.input("x_hidden", GgmlType::F32, &[hidden as i64, rows as i64]);
     let x_f = g.input("x_ffn", GgmlType::F32, &[ffn as i64, rows as i64]);
     let mut flops = 0.0;
+    let extra = Device::cpu().extra_buffer_types();
     for (part, k, m) in shapes {
-        let w = g.new_tensor(ty(part), &[k as i64, m as i64]);
-        g.set_input(&w);
+        let (ty, buffer) = block0_placement(model, part);
+        let buft = extra.iter().copied().find(|b| b.name() == buffer).unwrap_or_else(BufferType::cpu);
+        let pos = match weight_ctx.iter().position(|(b, _)| *b == buft) {
+            Some(p) => p,
+            None => {
+                weight_ctx.push((buft, GraphContext::new(8, 0)));
+                weight_ctx.len() - 1
+            }
+        };
+        let w = weight_ctx[pos].1.new_tensor(ty, &[k as i64, m as i64]);
         let x = if k == hidden { &x_h } else { &x_f };
         let y = g.mul_mat(&w, x);
         g.set_output(&y);
@@ -284,10 +305,13 @@ fn matmul_gflops(file: &dycoke::gguf::GgufFile, hidden: usize, ffn: usize, rows:
     for y in &outs {
         graph.expand(y);
     }
+    for (buft, ctx) in &weight_ctx {
+        let buffer = buft.alloc_context_tensors(ctx).ok_or_else(|| Error::invalid("bench", "could not allocate the matrices"))?;
+        buffer.mark_weights();
+    }
     let mut sched = Scheduler::new(vec![Backend::cpu(threads)], 64);
     sched.alloc(&graph, &g)?;
-    // Weights hold arbitrary bytes: matrix-product speed does not depend on the values, but the
-    // values must be finite, so the inputs are zeros.
+    // Matrix-product speed does not depend on the values, but they must be finite: zeros.
     for w in &weights {
         w.write_bytes(&vec![0u8; w.n_bytes()]);
     }
@@ -307,8 +331,9 @@ pub fn run_vision_bench(opts: &VisionBenchOptions) -> Result<VisionBenchReport> 
     if opts.frames == 0 || opts.reps == 0 || opts.batch == 0 {
         return Err(Error::invalid("bench", "frames, batch and repetitions must be at least 1"));
     }
-    let model = VisionModel::load(&opts.mmproj, Placement::cpu())?;
-    let file = dycoke::gguf::GgufFile::open(&opts.mmproj)?;
+    let start = Instant::now();
+    let model = VisionModel::load_with(&opts.mmproj, Placement { repack: opts.repack, ..Placement::cpu() }, opts.vision_type)?;
+    let load_s = start.elapsed().as_secs_f64();
     let p = model.params().clone();
     let size = p.tower.image_size;
     // Smooth synthetic frames (the values do not change the work).
@@ -332,14 +357,17 @@ pub fn run_vision_bench(opts: &VisionBenchOptions) -> Result<VisionBenchReport> 
     let seconds_per_frame = median(times);
     let gflop = vision_flops_per_frame(&model) / 1e9;
     let achieved = gflop / seconds_per_frame;
-    let matmul = matmul_gflops(&file, p.tower.hidden, p.tower.ffn, p.tower.n_patches() * opts.batch, opts.threads)?;
+    let matmul = matmul_gflops(&model, p.tower.hidden, p.tower.ffn, p.tower.n_patches() * opts.batch, opts.threads)?;
     let llama_cpp_seconds_per_frame = match &opts.llama_cpp_llm {
         None => None,
         Some(llm) => Some(llama_cpp_clip_seconds(&opts.mmproj, llm, size as u32, opts.threads, opts.reps)?),
     };
     Ok(VisionBenchReport {
         file: opts.mmproj.display().to_string(),
-        weight_type: tower_type(&file).to_string(),
+        weight_type: block0_placement(&model, BlockPart::AttnQ).0.to_string(),
+        vision_type: opts.vision_type.to_string(),
+        layout: model.layout().to_string(),
+        load_s,
         threads: opts.threads,
         frames: opts.frames,
         batch: opts.batch,

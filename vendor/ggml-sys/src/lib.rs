@@ -44,7 +44,7 @@ pub use llama_cpp_sys_2::{
 
 // ggml-cpu
 pub use llama_cpp_sys_2::{
-    ggml_cpu_has_arm_fma, ggml_cpu_has_avx, ggml_cpu_has_avx2, ggml_cpu_has_avx512,
+    ggml_cpu_has_arm_fma, ggml_cpu_has_avx, ggml_cpu_has_avx2, ggml_cpu_has_avx512, ggml_cpu_has_avx512_bf16,
     ggml_cpu_has_f16c, ggml_cpu_has_fma, ggml_cpu_has_neon, ggml_cpu_has_sse3, ggml_cpu_init,
     ggml_threadpool, ggml_threadpool_free, ggml_threadpool_new, ggml_threadpool_params_default,
 };
