@@ -32,11 +32,12 @@ pub struct VideoInputArgs {
     /// LLM GGUF file.
     #[arg(short = 'm', long = "model", value_name = "GGUF", default_value = DEFAULT_MODEL)]
     model: PathBuf,
-    /// Vision settings, comma-separated, each [NAME=]GGUF[@reuse=LAYER:THRESHOLD] (a vision model,
-    /// optionally with temporal reuse in the tower as --vision-reuse; the name defaults to the
+    /// Vision settings, comma-separated, each [NAME=]GGUF[@type=TYPE][@reuse=LAYER:THRESHOLD] (a
+    /// vision model, optionally with the tower's matrix type as --vision-type and temporal reuse
+    /// as --vision-reuse; the name defaults to the
     /// file's stem). `bench video` compares them, the first being the baseline; `bench fidelity`
     /// takes one. A real-dimension random one: gguf-tools random --mmproj -o FILE --type f16.
-    #[arg(long, visible_alias = "vision-modes", value_name = "[NAME=]GGUF[@reuse=M:T]", value_delimiter = ',', value_parser = VisionSetting::parse, required_unless_present = "child_features")]
+    #[arg(long, visible_alias = "vision-modes", value_name = "[NAME=]GGUF[@type=T][@reuse=M:T]", value_delimiter = ',', value_parser = VisionSetting::parse, required_unless_present = "child_features")]
     mmproj: Vec<VisionSetting>,
     /// The video [default: models/bikes.mp4, from scripts/fetch-sample-video].
     #[arg(long, value_name = "PATH")]

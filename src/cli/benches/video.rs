@@ -16,6 +16,7 @@ use dycoke::compress::{Compression, DpSettings, TtmSettings};
 
 use dycoke::conversation::{Conversation, ConversationOptions};
 use dycoke::encoder::{EncodedMedia, EncoderCounters, EncoderOptions};
+use dycoke::vision::layout::VisionType;
 use dycoke::error::{Error, Result};
 use dycoke::media::Sampling;
 use dycoke::model::{Model, ModelOptions};
@@ -83,23 +84,27 @@ pub struct VisionSetting {
     /// How rows and JSON objects name the setting (`NAME/compression`).
     pub name: String,
     pub mmproj: PathBuf,
+    /// The type the tower's matrices are multiplied in (`--vision-type`).
+    pub vision_type: VisionType,
     /// The encoder's options; its thread count is replaced by the benchmark's.
     pub encoder: EncoderOptions,
 }
 
 impl VisionSetting {
-    /// `[NAME=]FILE.gguf[@reuse=LAYER:THRESHOLD]`.
+    /// `[NAME=]FILE.gguf[@type=TYPE][@reuse=LAYER:THRESHOLD]`.
     pub fn parse(spec: &str) -> std::result::Result<VisionSetting, String> {
         let mut parts = spec.split('@');
         let file_part = parts.next().unwrap_or_default();
         let mut encoder = EncoderOptions::default();
+        let mut vision_type = VisionType::Auto;
         for option in parts {
             match option.split_once('=') {
+                Some(("type", v)) => vision_type = VisionType::parse(v).map_err(|e| crate::cli::describe_error(&e))?,
                 Some(("reuse", v)) => {
                     let r = crate::cli::media::parse_temporal_reuse(v).map_err(|e| crate::cli::describe_error(&e))?;
                     encoder.temporal_reuse = Some(r);
                 }
-                _ => return Err(format!("{option:?} in {spec:?} is not a vision option; write [NAME=]FILE.gguf[@reuse=LAYER:THRESHOLD]")),
+                _ => return Err(format!("{option:?} in {spec:?} is not a vision option; write [NAME=]FILE.gguf[@type=TYPE][@reuse=LAYER:THRESHOLD]")),
             }
         }
         let spec = file_part;
@@ -118,12 +123,15 @@ impl VisionSetting {
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
             return Err(format!("{name:?} is not a vision setting name (letters, digits, '-', '_' and '.'); write [NAME=]FILE.gguf"));
         }
-        Ok(VisionSetting { name, mmproj, encoder })
+        Ok(VisionSetting { name, mmproj, vision_type, encoder })
     }
 
     /// What `parse` reads back as this setting.
     pub fn spec(&self) -> String {
         let mut s = format!("{}={}", self.name, self.mmproj.display());
+        if self.vision_type != VisionType::Auto {
+            s.push_str(&format!("@type={}", self.vision_type));
+        }
         if let Some(r) = self.encoder.temporal_reuse {
             s.push_str(&format!("@reuse={}:{}", r.layer(), r.threshold()));
         }
@@ -132,7 +140,7 @@ impl VisionSetting {
 
     /// The model to load for this setting, with language model `llm`.
     pub fn model_options(&self, llm: &Path) -> ModelOptions {
-        ModelOptions { mmproj: Some(self.mmproj.clone()), ..ModelOptions::new(llm) }
+        ModelOptions { mmproj: Some(self.mmproj.clone()), vision_type: self.vision_type, ..ModelOptions::new(llm) }
     }
 
     pub fn encoder_options(&self, threads: usize) -> EncoderOptions {
@@ -590,10 +598,11 @@ mod tests {
         assert_eq!((s.name.as_str(), s.mmproj.as_path()), ("siglip-f16", Path::new("models/siglip-f16.gguf")));
         let named = VisionSetting::parse("bf16=/tmp/a=b.gguf").unwrap();
         assert_eq!((named.name.as_str(), named.mmproj.as_path()), ("bf16", Path::new("/tmp/a=b.gguf")));
-        let reuse = VisionSetting::parse("r=x.gguf@reuse=13:0.05").unwrap();
+        let reuse = VisionSetting::parse("r=x.gguf@type=f16@reuse=13:0.05").unwrap();
+        assert_eq!(reuse.vision_type.to_string(), "f16");
         let r = reuse.encoder.temporal_reuse.expect("the reuse option");
         assert_eq!((r.layer(), r.threshold(), reuse.mmproj.as_path()), (13, 0.05, Path::new("x.gguf")));
-        for bad in ["r=x.gguf@reuse=13", "r=x.gguf@reuse=13:-1", "r=x.gguf@speed=fast"] {
+        for bad in ["r=x.gguf@reuse=13", "r=x.gguf@reuse=13:-1", "r=x.gguf@speed=fast", "r=x.gguf@type=i32"] {
             assert!(VisionSetting::parse(bad).is_err(), "{bad}");
         }
         for s in [s, named, reuse] {
