@@ -81,5 +81,28 @@ fn bad_vision_settings_are_clear_errors() {
     run("/nonexistent/v.gguf", &["/nonexistent/v.gguf", "does not exist"]);
     run(&format!("bad name={mmproj}"), &["bad name", "[NAME=]FILE.gguf"]);
     run("f16=", &["[NAME=]FILE.gguf"]);
-    fails(&["bench", "fidelity", "-m", llm, "--video", &video, "--frames", "4", "--mmproj", &format!("a={mmproj},b={mmproj}")], &["one vision model"]);
+    fails(&["bench", "fidelity", "-m", llm, "--video", &video, "--frames", "4", "--mmproj", &format!("a={mmproj},a={mmproj}")], &["two vision settings are named \"a\""]);
+}
+
+/// `bench fidelity` with two vision settings: the second's features, under each compression
+/// setting, against the uncompressed answer on the first's. The F16 tower's features agree with the
+/// F32 one's closely but not exactly; the reference's own uncompressed row has no divergence.
+#[test]
+fn fidelity_compares_vision_settings_with_the_reference() {
+    let (llm, f32_mmproj) = common::llava::converted(GgmlType::F32);
+    let (_, f16_mmproj) = common::llava::converted(GgmlType::F16);
+    let vision = format!("ref={}@type=f32,f16={}@type=f16", f32_mmproj.display(), f16_mmproj.display());
+    let out = dycoke(&["bench", "fidelity", "-m", llm.to_str().unwrap(), "--mmproj", &vision, "--video", &clip(), "--frames", "4", "--steps", "4",
+        "--modes", "none,dycoke", "--json", "-t", "2"]);
+    assert!(out.status.success(), "bench fidelity failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<serde_json::Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).expect("one JSON object a line")).collect();
+    let names: Vec<String> = rows.iter().map(|r| format!("{}/{}", r["vision"].as_str().unwrap(), r["mode"].as_str().unwrap())).collect();
+    assert_eq!(names, ["ref/none", "ref/dycoke", "f16/none", "f16/dycoke"]);
+    let num = |i: usize, f: &str| rows[i][f].as_f64().unwrap_or_else(|| panic!("{f} in {}", rows[i]));
+    assert_eq!((num(0, "min_frame_cosine"), num(0, "ttm_overlap"), num(0, "mean_kl")), (1.0, 1.0, 0.0), "{}", rows[0]);
+    assert_eq!(num(0, "greedy_agreement"), 1.0);
+    let cos = num(2, "min_frame_cosine");
+    assert!(cos > 0.999 && cos < 1.0, "F16 against F32 features: cosine {cos}");
+    assert!(num(2, "ttm_overlap") > 0.5 && num(2, "ttm_overlap") <= 1.0, "{}", rows[2]);
+    assert!(num(2, "mean_kl") >= 0.0 && num(3, "mean_kl") >= 0.0);
 }

@@ -36,7 +36,7 @@ pub struct VideoInputArgs {
     /// vision model, optionally with the tower's matrix type as --vision-type and temporal reuse
     /// as --vision-reuse; the name defaults to the
     /// file's stem). `bench video` compares them, the first being the baseline; `bench fidelity`
-    /// takes one. A real-dimension random one: gguf-tools random --mmproj -o FILE --type f16.
+    /// measures each against the uncompressed answer on the first. A real-dimension random one: gguf-tools random --mmproj -o FILE --type f16.
     #[arg(long, visible_alias = "vision-modes", value_name = "[NAME=]GGUF[@type=T][@reuse=M:T]", value_delimiter = ',', value_parser = VisionSetting::parse, required_unless_present = "child_features")]
     mmproj: Vec<VisionSetting>,
     /// The video [default: models/bikes.mp4, from scripts/fetch-sample-video].
@@ -412,17 +412,24 @@ fn run_fidelity_bench(a: FidelityArgs) -> dycoke::Result<()> {
     let opts = a.input.mode_options(a.steps, 1)?;
     let video = a.input.video()?;
     eprintln!("{} with {} on {} threads, {} frames, {} greedy steps", video.display(), opts.model.display(), opts.threads, a.frames, a.steps);
-    let (features, _) = a.input.encode(a.input.single_vision("bench fidelity")?, a.frames)?;
+    check_vision_settings(&a.input.mmproj)?;
+    let mut features = Vec::new();
+    for vision in &a.input.mmproj {
+        features.push((vision.name.clone(), a.input.encode(vision, a.frames)?.0));
+    }
     if !a.json {
-        println!("{:<10} {:>8} {:>6} {:>10} {:>10} {:>10} {:>7} {:>8} {:>6}", "mode", "visual", "steps", "mean KL", "max KL", "agreement", "fresh", "recalls", "kept");
+        println!(
+            "{:<24} {:>8} {:>6} {:>10} {:>10} {:>10} {:>7} {:>8} {:>6} {:>10} {:>8}",
+            "mode", "visual", "steps", "mean KL", "max KL", "agreement", "fresh", "recalls", "kept", "min cos", "TTM ovl"
+        );
     }
     run_fidelity(&opts, &features, a.steps, &a.modes, &mut |r| {
         if a.json {
             println!("{}", serde_json::to_string(r).expect("serializable"));
         } else {
             println!(
-                "{:<10} {:>8} {:>6} {:>10.4} {:>10.4} {:>9.1}% {:>7} {:>8} {:>6.3}",
-                r.mode.name(),
+                "{:<24} {:>8} {:>6} {:>10.4} {:>10.4} {:>9.1}% {:>7} {:>8} {:>6.3} {:>10.6} {:>7.1}%",
+                format!("{}/{}", r.vision, r.mode.name()),
                 r.visual_tokens,
                 r.steps,
                 r.mean_kl,
@@ -430,7 +437,9 @@ fn run_fidelity_bench(a: FidelityArgs) -> dycoke::Result<()> {
                 r.greedy_agreement * 100.0,
                 r.fresh_selections,
                 r.recalls,
-                r.mean_kept_fraction
+                r.mean_kept_fraction,
+                r.min_frame_cosine,
+                r.ttm_overlap * 100.0
             );
         }
     })?;

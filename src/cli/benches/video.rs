@@ -480,6 +480,8 @@ pub fn run_llm_mode(opts: &VideoModeOptions, features: &EncodedMedia, compressio
 /// the uncompressed greedy answer.
 #[derive(Clone, Debug, Serialize)]
 pub struct FidelityRow {
+    /// The vision setting whose features the mode ran on (the first is the reference's).
+    pub vision: String,
     pub mode: CompressionMode,
     pub visual_tokens: usize,
     pub steps: usize,
@@ -491,6 +493,50 @@ pub struct FidelityRow {
     pub fresh_selections: u64,
     pub recalls: u64,
     pub mean_kept_fraction: f64,
+    /// The vision setting's pooled features against the reference's: the lowest cosine of a frame.
+    pub min_frame_cosine: f64,
+    /// Of the positions TTM (default K) keeps on the reference's features, the share it also keeps
+    /// on this setting's.
+    pub ttm_overlap: f64,
+}
+
+/// The lowest per-frame cosine of two videos' uncompressed frame rows, and the share of the
+/// positions TTM keeps on `reference` that it also keeps on `other`.
+pub fn feature_agreement(reference: &EncodedMedia, other: &EncodedMedia) -> Result<(f64, f64)> {
+    let (Some(a), Some(b)) = (reference.video(), other.video()) else {
+        return Err(Error::invalid("fidelity", "both features must be a video's"));
+    };
+    if a.frames != b.frames || a.tokens_per_frame != b.tokens_per_frame || reference.n_embd() != other.n_embd() || a.ttm.is_some() || b.ttm.is_some() {
+        return Err(Error::invalid("fidelity", "the vision settings encoded different frames"));
+    }
+    let frame = a.tokens_per_frame * reference.n_embd();
+    let cosine = |x: &[f32], y: &[f32]| {
+        let (mut dot, mut nx, mut ny) = (0f64, 0f64, 0f64);
+        for (&p, &q) in x.iter().zip(y) {
+            dot += f64::from(p) * f64::from(q);
+            nx += f64::from(p) * f64::from(p);
+            ny += f64::from(q) * f64::from(q);
+        }
+        dot / (nx.sqrt() * ny.sqrt()).max(1e-30)
+    };
+    let min_cos = (0..a.frames).map(|f| cosine(&reference.rows()[f * frame..(f + 1) * frame], &other.rows()[f * frame..(f + 1) * frame])).fold(1.0, f64::min);
+    let ttm = TtmSettings::default();
+    let kept = |m: &EncodedMedia| -> Result<Vec<dycoke::compress::ttm::Kept>> { Ok(m.clone().with_ttm(ttm)?.video().and_then(|v| v.ttm.clone()).unwrap_or_default()) };
+    let (ka, kb) = (kept(reference)?, kept(other)?);
+    let n = a.tokens_per_frame;
+    let positions = |k: &dycoke::compress::ttm::Kept| -> Vec<usize> {
+        match k {
+            dycoke::compress::ttm::Kept::All => (0..n).collect(),
+            dycoke::compress::ttm::Kept::Positions(p) => p.clone(),
+        }
+    };
+    let (mut shared, mut total) = (0usize, 0usize);
+    for (x, y) in ka.iter().zip(&kb) {
+        let (px, py) = (positions(x), positions(y));
+        total += px.len();
+        shared += px.iter().filter(|p| py.binary_search(p).is_ok()).count();
+    }
+    Ok((min_cos, shared as f64 / total.max(1) as f64))
 }
 
 fn log_softmax(logits: &[f32]) -> Vec<f64> {
@@ -524,12 +570,16 @@ fn forced_logits(c: &mut Conversation, question: &str, forced: &[u32]) -> Result
     Ok((out, counters))
 }
 
-/// Fidelity of `modes` against the uncompressed model over `steps` greedy steps.
-pub fn run_fidelity(opts: &VideoModeOptions, features: &EncodedMedia, steps: usize, modes: &[CompressionMode], progress: &mut dyn FnMut(&FidelityRow)) -> Result<Vec<FidelityRow>> {
+/// Fidelity against the uncompressed model on the reference features (the first of `features`)
+/// over `steps` greedy steps: each vision setting's features under each of `modes`.
+pub fn run_fidelity(opts: &VideoModeOptions, features: &[(String, EncodedMedia)], steps: usize, modes: &[CompressionMode], progress: &mut dyn FnMut(&FidelityRow)) -> Result<Vec<FidelityRow>> {
+    let Some((_, reference_features)) = features.first() else {
+        return Err(Error::invalid("fidelity", "no features to measure"));
+    };
     let model = Model::load(&ModelOptions::new(&opts.model))?;
-    let positions = prompt_positions(&model, features, Compression::none(), &opts.question)? + steps + 1;
+    let positions = prompt_positions(&model, reference_features, Compression::none(), &opts.question)? + steps + 1;
     let mut c = conversation(&model, opts.threads, Compression::none(), positions)?;
-    c.push_media(features.clone())?;
+    c.push_media(reference_features.clone())?;
 
     // The uncompressed greedy answer, then its distributions teacher-forced (so that every mode
     // is measured the same way).
@@ -539,27 +589,33 @@ pub fn run_fidelity(opts: &VideoModeOptions, features: &EncodedMedia, steps: usi
     let (reference, _) = forced_logits(&mut c, &opts.question, &answer)?;
 
     let mut rows = Vec::new();
-    for &mode in modes {
-        let compression = mode.compression();
-        let mut m = conversation(&model, opts.threads, compression, positions)?;
-        let visual_tokens = m.push_media(features.clone())?.visual_tokens();
-        let (logits, counters) = forced_logits(&mut m, &opts.question, &answer)?;
-        let kls: Vec<f64> = reference.iter().zip(&logits).map(|(p, q)| kl_divergence(p, q)).collect();
-        let agree = logits.iter().zip(&answer).filter(|(q, &t)| argmax(q) == t).count();
-        let counters = counters.unwrap_or_default();
-        let row = FidelityRow {
-            mode,
-            visual_tokens,
-            steps: kls.len(),
-            mean_kl: kls.iter().sum::<f64>() / kls.len().max(1) as f64,
-            max_kl: kls.iter().copied().fold(0.0, f64::max),
-            greedy_agreement: agree as f64 / logits.len().max(1) as f64,
-            fresh_selections: counters.fresh_selections,
-            recalls: counters.recalls,
-            mean_kept_fraction: counters.mean_kept_fraction(),
-        };
-        progress(&row);
-        rows.push(row);
+    for (vision, f) in features {
+        let (min_frame_cosine, ttm_overlap) = feature_agreement(reference_features, f)?;
+        for &mode in modes {
+            let compression = mode.compression();
+            let mut m = conversation(&model, opts.threads, compression, positions)?;
+            let visual_tokens = m.push_media(f.clone())?.visual_tokens();
+            let (logits, counters) = forced_logits(&mut m, &opts.question, &answer)?;
+            let kls: Vec<f64> = reference.iter().zip(&logits).map(|(p, q)| kl_divergence(p, q)).collect();
+            let agree = logits.iter().zip(&answer).filter(|(q, &t)| argmax(q) == t).count();
+            let counters = counters.unwrap_or_default();
+            let row = FidelityRow {
+                vision: vision.clone(),
+                mode,
+                visual_tokens,
+                steps: kls.len(),
+                mean_kl: kls.iter().sum::<f64>() / kls.len().max(1) as f64,
+                max_kl: kls.iter().copied().fold(0.0, f64::max),
+                greedy_agreement: agree as f64 / logits.len().max(1) as f64,
+                fresh_selections: counters.fresh_selections,
+                recalls: counters.recalls,
+                mean_kept_fraction: counters.mean_kept_fraction(),
+                min_frame_cosine,
+                ttm_overlap,
+            };
+            progress(&row);
+            rows.push(row);
+        }
     }
     Ok(rows)
 }
