@@ -47,7 +47,7 @@ fn named_activations_of_both_graphs_are_dumped() {
     let mut ctx = VisionContext::new(vision.clone(), Device::cpu(), 2, 4).unwrap();
     let sampling = Sampling::new(FrameSelection::Count(6), 64).unwrap();
     let frames = dycoke::media::load_video(&dir().join("clip.mp4"), &sampling, 2, &mut |_, _| true).unwrap().frames;
-    let encoded = ctx.encode_video(&frames, Some(0.7), &mut |_, _| true).unwrap();
+    let encoded = ctx.encode_video(&frames, Some(ttm07()), &mut |_, _| true).unwrap();
     let mut ttm_rows = Vec::new();
     for (call, n) in [(0, 4i64), (1, 2)] {
         for il in 0..t.n_layer {
@@ -106,4 +106,9 @@ fn named_activations_of_both_graphs_are_dumped() {
         let name = entry.unwrap().file_name().into_string().unwrap();
         assert!(!name.contains(' ') && !name.contains('('), "{name}");
     }
+}
+
+/// TTM with K = 0.7.
+fn ttm07() -> dycoke::compress::TtmSettings {
+    dycoke::compress::TtmSettings::new(0.7).unwrap()
 }

@@ -133,25 +133,26 @@ fn ttm_in_the_vision_graph_equals_ttm_on_the_host() {
     assert_eq!(plain.rows.len(), 10 * n * dim);
     let host = ttm::apply(&plain.rows, 10, n, dim, 0.7).unwrap();
 
-    let in_graph = ctx.encode_video(&frames, Some(0.7), &mut |_, _| true).unwrap();
+    let in_graph = ctx.encode_video(&frames, Some(ttm07()), &mut |_, _| true).unwrap();
     assert_eq!(in_graph.kept.as_ref(), Some(&host.kept), "kept sets");
     assert_eq!(in_graph.kept.as_ref().unwrap().len(), 10);
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     assert_eq!(bits(&in_graph.rows), bits(&host.rows), "surviving rows");
     assert_eq!(in_graph.rows.len(), ttm::kept_count(10, n, 0.7) * dim);
     // Again, through the kept graphs: the same result.
-    assert_eq!(ctx.encode_video(&frames, Some(0.7), &mut |_, _| true).unwrap(), in_graph);
+    assert_eq!(ctx.encode_video(&frames, Some(ttm07()), &mut |_, _| true).unwrap(), in_graph);
 
     // Progress can stop the work after a chunk.
     let mut calls = 0;
-    let stopped = ctx.encode_video(&frames, Some(0.7), &mut |_, _| {
+    let stopped = ctx.encode_video(&frames, Some(ttm07()), &mut |_, _| {
         calls += 1;
         false
     });
     assert!(matches!(stopped, Err(dycoke::Error::Cancelled)), "{stopped:?}");
     assert_eq!(calls, 1);
+    // A bad K cannot reach the encoder: the setting is refused where it is made.
     for bad in [1.0, -0.1, f64::NAN] {
-        assert!(ctx.encode_video(&frames, Some(bad), &mut |_, _| true).is_err(), "k = {bad}");
+        assert!(TtmSettings::new(bad).is_err(), "k = {bad}");
     }
 }
 
@@ -349,4 +350,9 @@ fn conversation_prunes_only_videos_and_resets_per_answer() {
         e @ Error::Setting { setting: Setting::DpLayer, .. } => assert!(!e.to_string().contains("--"), "{e}"),
         other => panic!("{other:?}"),
     }
+}
+
+/// TTM with K = 0.7.
+fn ttm07() -> dycoke::compress::TtmSettings {
+    dycoke::compress::TtmSettings::new(0.7).unwrap()
 }

@@ -68,14 +68,14 @@ fn repeated_frames_are_encoded_once_with_identical_rows() {
     // With TTM: the rows and kept sets of TTM on every frame's rows (repeats are pruned as TTM
     // says of them: identical to their reference, they keep the fewest positions).
     let host = ttm::apply(&want, frames.len(), n, dim, 0.7).unwrap();
-    let got = ctx.encode_video(&frames, Some(0.7), &mut |_, _| true).unwrap();
+    let got = ctx.encode_video(&frames, Some(ttm07()), &mut |_, _| true).unwrap();
     assert_eq!(got.kept.as_ref(), Some(&host.kept));
     assert!(bits(&got.rows) == bits(&host.rows), "TTM rows differ");
     assert_eq!(got.work.frames_reused, 4);
 
     // No repeat: nothing reused, every frame encoded.
     let distinct: Vec<Frame> = (0..8).map(|k| load_image(&picture(k)).unwrap()).collect();
-    let got = ctx.encode_video(&distinct, Some(0.7), &mut |_, _| true).unwrap();
+    let got = ctx.encode_video(&distinct, Some(ttm07()), &mut |_, _| true).unwrap();
     assert_eq!((got.work.frames_encoded, got.work.frames_reused), (8, 0));
     let host = ttm::apply(&every_frame(&mut ctx, &distinct), 8, n, dim, 0.7).unwrap();
     assert!(bits(&got.rows) == bits(&host.rows));
@@ -129,11 +129,11 @@ fn temporal_reuse_at_threshold_zero_equals_no_reuse() {
     let mut ctx = context();
     let blocks = ctx.model().params().tower.n_layer;
     let frames: Vec<Frame> = (0..8).map(|k| load_image(&picture(k)).unwrap()).collect();
-    let plain = ctx.encode_video(&frames, Some(0.7), &mut |_, _| true).unwrap();
+    let plain = ctx.encode_video(&frames, Some(ttm07()), &mut |_, _| true).unwrap();
     let plain_rows = ctx.encode_video(&frames, None, &mut |_, _| true).unwrap();
     for layer in 0..blocks {
         ctx.set_temporal_reuse(Some(TemporalReuse::new(layer, 0.0).unwrap())).unwrap();
-        let got = ctx.encode_video(&frames, Some(0.7), &mut |_, _| true).unwrap();
+        let got = ctx.encode_video(&frames, Some(ttm07()), &mut |_, _| true).unwrap();
         assert_eq!(got.kept, plain.kept, "layer {layer}: kept sets");
         assert!(bits(&got.rows) == bits(&plain.rows), "layer {layer}: rows differ from no reuse");
         assert_eq!(got.work.token_layers_reused, 0);
@@ -186,4 +186,9 @@ fn bad_temporal_reuse_settings_are_clear_errors() {
         assert!(!out.status.success(), "--vision-reuse {value} was accepted");
         assert!(err.contains("--vision-reuse") && err.contains(words), "--vision-reuse {value}: {err}");
     }
+}
+
+/// TTM with K = 0.7.
+fn ttm07() -> dycoke::compress::TtmSettings {
+    dycoke::compress::TtmSettings::new(0.7).unwrap()
 }

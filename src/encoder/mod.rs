@@ -352,7 +352,7 @@ impl MediaEncoder {
         let decode = start.elapsed();
         let start = Instant::now();
         let ctx = self.context()?;
-        let out = ctx.encode_video(&video.frames, ttm.map(|t| t.k()), &mut |d, t| progress(Phase::Encoding, d, t))?;
+        let out = ctx.encode_video(&video.frames, ttm, &mut |d, t| progress(Phase::Encoding, d, t))?;
         let mut rows = out.rows;
         rows.extend_from_slice(ctx.model().newline());
         let tokens_per_frame = ctx.model().params().tokens_per_frame();

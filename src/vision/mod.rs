@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::compress::ttm::{self, Kept};
+use crate::compress::TtmSettings;
 use crate::ggml::{Context, Device, Graph, Scheduler, Tensor};
 use crate::gguf::names::vision::Tensor as Name;
 use crate::gguf::names::{clip as keys, general};
@@ -525,16 +526,12 @@ impl VisionContext {
     }
 
     /// A video's frames, projected and pooled: [tokens][out_dim] (the newline is not included),
-    /// compressed by TTM with prune ratio `ttm_k` (in [0, 1)) when it is given. Frames whose
+    /// compressed by TTM when `ttm` is given. Frames whose
     /// preprocessed pixels are identical are encoded once. `progress(done, total)` counts the
     /// frames encoded (all of them when none repeats); when it returns false the work stops after
     /// that chunk with `Error::Cancelled`.
-    pub fn encode_video(&mut self, frames: &[Frame], ttm_k: Option<f64>, progress: &mut dyn FnMut(usize, usize) -> bool) -> Result<EncodedFrames> {
-        if let Some(k) = ttm_k {
-            if !(0.0..1.0).contains(&k) {
-                return Err(Error::setting(crate::error::Setting::TtmK, format!("{k} is outside [0, 1)")));
-            }
-        }
+    pub fn encode_video(&mut self, frames: &[Frame], ttm: Option<TtmSettings>, progress: &mut dyn FnMut(usize, usize) -> bool) -> Result<EncodedFrames> {
+        let ttm_k = ttm.map(|t| t.k());
         let n = self.model.params.tokens_per_frame();
         let per_frame = self.size_at(Stage::Pooled);
         let pixels: Vec<Vec<f32>> = frames.iter().map(|f| self.frame_pixels(std::slice::from_ref(f))).collect();
