@@ -192,3 +192,37 @@ fn bad_temporal_reuse_settings_are_clear_errors() {
 fn ttm07() -> dycoke::compress::TtmSettings {
     dycoke::compress::TtmSettings::new(0.7).unwrap()
 }
+
+/// Temporal reuse changes the rows, so the embedding cache keeps a video encoded with it apart from
+/// the same video encoded without it: switching the setting misses, the same setting hits.
+#[test]
+fn the_embedding_cache_keeps_temporal_reuse_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = |reuse: Option<TemporalReuse>| {
+        let encoder = EncoderOptions { temporal_reuse: reuse, ..EncoderOptions::default() };
+        let mut c = Conversation::new(fixture_model(), &ConversationOptions { encoder, sampling: dycoke::media::Sampling::frames(4).unwrap(), ..ConversationOptions::default() }).unwrap();
+        c.set_embedding_cache(Some(dycoke::encoder::cache::EmbeddingCache::open(dir.path()).unwrap()));
+        c.add_video(&dir_clip(), &mut dycoke::progress::ignore).unwrap();
+        let n = c.encoder_counters();
+        (n.vision_encodes, n.cache_hits)
+    };
+    let reuse = Some(TemporalReuse::new(1, 0.5).unwrap());
+    assert_eq!(open(None), (1, 0));
+    assert_eq!(open(reuse), (1, 0), "an entry made without reuse served a request with it");
+    assert_eq!(open(reuse), (0, 1));
+    assert_eq!(open(None), (0, 1));
+}
+
+/// The encoder's own options are checked when a conversation opens.
+#[test]
+fn bad_encoder_options_are_clear_errors() {
+    for (threads, batch, setting) in [(0, 8, Setting::Threads), (2, 0, Setting::VisionBatch), (2, 65, Setting::VisionBatch)] {
+        let encoder = EncoderOptions { n_threads: threads, vision_batch: batch, temporal_reuse: None };
+        let e = Conversation::new(fixture_model(), &ConversationOptions { encoder, ..ConversationOptions::default() }).err().expect("bad options");
+        assert!(matches!(e, Error::Setting { setting: s, .. } if s == setting), "{threads} {batch}: {e}");
+    }
+}
+
+fn dir_clip() -> std::path::PathBuf {
+    dir().join("clip.mp4")
+}

@@ -22,8 +22,8 @@ use crate::media::{self, FrameSelection, Sampling};
 pub struct CacheKey([u8; 32]);
 
 impl CacheKey {
-    /// The key of `video` (a file or a folder of frames) encoded by the mmproj with content hash
-    /// `mmproj` and sampled with `sampling`. Reads the whole video.
+    /// The key of `video` (a file or a folder of frames) encoded by the vision model and encoder
+    /// settings whose hash is `mmproj` and sampled with `sampling`. Reads the whole video.
     pub fn for_video(video: &Path, mmproj: &[u8; 32], sampling: &Sampling) -> Result<CacheKey> {
         let mut h = blake3::Hasher::new();
         h.update(b"dycoke video embeddings");

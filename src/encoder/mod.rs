@@ -248,16 +248,6 @@ impl Default for EncoderOptions {
     }
 }
 
-impl EncoderOptions {
-    pub fn new(n_threads: usize, vision_batch: usize) -> Result<EncoderOptions> {
-        crate::llm::check_threads(n_threads)?;
-        if vision_batch == 0 || vision_batch > 64 {
-            return Err(Error::setting(Setting::VisionBatch, format!("{vision_batch} is outside 1..=64")));
-        }
-        Ok(EncoderOptions { n_threads, vision_batch, temporal_reuse: None })
-    }
-}
-
 /// Turns video and image files into embedding rows for one model.
 pub struct MediaEncoder {
     model: Arc<VisionModel>,
@@ -271,10 +261,14 @@ pub struct MediaEncoder {
 }
 
 impl MediaEncoder {
-    /// An encoder for `model`'s vision tower; `Error::NoVisionModel` when it has none. The temporal
-    /// reuse layer is checked against the tower here.
+    /// An encoder for `model`'s vision tower; `Error::NoVisionModel` when it has none. The options
+    /// are checked here, the temporal reuse layer against the tower.
     pub fn new(model: &Model, options: EncoderOptions) -> Result<MediaEncoder> {
         let vision = model.vision().ok_or(Error::NoVisionModel)?.clone();
+        crate::llm::check_threads(options.n_threads)?;
+        if options.vision_batch == 0 || options.vision_batch > 64 {
+            return Err(Error::setting(Setting::VisionBatch, format!("{} is outside 1..=64", options.vision_batch)));
+        }
         if let Some(r) = options.temporal_reuse {
             r.check_tower(vision.params().tower.n_layer)?;
         }
@@ -298,6 +292,17 @@ impl MediaEncoder {
         self.counters
     }
 
+    /// What the rows depend on besides the video and the sampling: the mmproj (its content and the
+    /// types its matrices are multiplied in) and temporal reuse, which changes the rows.
+    fn identity(&self) -> [u8; 32] {
+        let mut h = blake3::Hasher::new();
+        h.update(&self.model.content_hash());
+        if let Some(r) = self.options.temporal_reuse {
+            h.update(format!("temporal reuse {} {}", r.layer(), r.threshold().to_bits()).as_bytes());
+        }
+        *h.finalize().as_bytes()
+    }
+
     fn context(&mut self) -> Result<&mut VisionContext> {
         if self.context.is_none() {
             let mut ctx = VisionContext::new(self.model.clone(), self.device, self.options.n_threads, self.options.vision_batch)?;
@@ -315,7 +320,7 @@ impl MediaEncoder {
             return self.encode_video_now(path, sampling, ttm, progress);
         };
         let start = Instant::now();
-        let key = CacheKey::for_video(path, &self.model.content_hash(), sampling)?;
+        let key = CacheKey::for_video(path, &self.identity(), sampling)?;
         let rebuilt = match cache.load(&key, self.n_embd) {
             Lookup::Hit(mut media) => {
                 self.counters.cache_hits += 1;
