@@ -53,6 +53,23 @@ impl Default for ConversationOptions {
     }
 }
 
+/// One turn of a conversation given whole, as chat APIs send it (see `Conversation::prepare_turns`).
+#[derive(Clone, Debug)]
+pub struct Turn {
+    /// "system", "user" or "assistant".
+    pub role: String,
+    pub text: String,
+    /// The media this turn shows (user turns only): before its text, unless the text places them
+    /// with `<video>`/`<image>`.
+    pub media: Vec<EncodedMedia>,
+}
+
+impl Turn {
+    pub fn new(role: &str, text: impl Into<String>) -> Turn {
+        Turn { role: role.to_string(), text: text.into(), media: Vec::new() }
+    }
+}
+
 /// The answer to one question.
 #[derive(Clone, Debug)]
 pub struct Answer {
@@ -194,14 +211,7 @@ impl Conversation {
     /// Adds media encoded elsewhere (by this conversation's model) for the next question; an
     /// uncompressed video gets this conversation's TTM.
     pub fn push_media(&mut self, media: EncodedMedia) -> Result<&EncodedMedia> {
-        let n_embd = self.session.model().llm().params().n_embd;
-        if media.n_embd() != n_embd {
-            return Err(Error::invalid("media", format!("{}: its rows are {} wide, the model's {n_embd}", media.source().display(), media.n_embd())));
-        }
-        let media = match self.dycoke.ttm() {
-            Some(t) => media.with_ttm(t)?,
-            None => media,
-        };
+        let media = self.compressed(media)?;
         self.media.push(media);
         self.pending += 1;
         Ok(self.media.last().expect("just pushed"))
@@ -264,6 +274,67 @@ impl Conversation {
                 self.messages.truncate(saved);
                 Err(e)
             }
+        }
+    }
+
+    /// Replaces the conversation with `turns`, the last one the user's, and evaluates it up to the
+    /// answer's first token. The session reuses what its cache already holds of it, so a client
+    /// that sends the whole conversation each time (as chat APIs do) pays only for what is new. A
+    /// leading system turn replaces the conversation's system prompt; videos get this
+    /// conversation's TTM. On failure the conversation is as it was.
+    pub fn prepare_turns(&mut self, turns: Vec<Turn>, progress: &mut Progress) -> Result<PromptStats> {
+        match turns.last() {
+            None => return Err(Error::Prompt("a conversation needs at least one turn".into())),
+            Some(t) if t.role != "user" => return Err(Error::Prompt(format!("the last turn is the {}'s; it must be the user's", t.role))),
+            _ => {}
+        }
+        let mut messages = Vec::with_capacity(turns.len() + 1);
+        if turns[0].role != "system" {
+            if let Some(s) = &self.system {
+                messages.push(ChatMessage::system(s.clone()));
+            }
+        }
+        let mut media: Vec<EncodedMedia> = Vec::new();
+        let mut kinds: Vec<MediaKind> = Vec::new();
+        for turn in turns {
+            let content = match turn.role.as_str() {
+                "user" => {
+                    let first = media.len();
+                    for m in turn.media {
+                        let m = self.compressed(m)?;
+                        kinds.push(m.kind());
+                        media.push(m);
+                    }
+                    prompt::place_media_from(&turn.text, &kinds, first)?
+                }
+                "system" | "assistant" if turn.media.is_empty() => {
+                    prompt::check_text(&turn.text)?;
+                    turn.text
+                }
+                "system" | "assistant" => return Err(Error::Prompt(format!("a {} turn cannot show media", turn.role))),
+                other => return Err(Error::Prompt(format!("unknown role {other:?}; use system, user or assistant"))),
+            };
+            messages.push(ChatMessage::new(&turn.role, content));
+        }
+        let pieces = prompt::tokenize_with_media(self.session.model().tokenizer(), &messages, true)?;
+        let refs: Vec<&EncodedMedia> = media.iter().collect();
+        let stats = self.evaluate(&pieces, &refs, progress)?;
+        self.messages = messages;
+        self.media = media;
+        self.pending = 0;
+        Ok(stats)
+    }
+
+    /// `media` checked against the model, with this conversation's TTM when it is an uncompressed
+    /// video.
+    fn compressed(&self, media: EncodedMedia) -> Result<EncodedMedia> {
+        let n_embd = self.session.model().llm().params().n_embd;
+        if media.n_embd() != n_embd {
+            return Err(Error::invalid("media", format!("{}: its rows are {} wide, the model's {n_embd}", media.source().display(), media.n_embd())));
+        }
+        match self.dycoke.ttm() {
+            Some(t) => media.with_ttm(t),
+            None => Ok(media),
         }
     }
 

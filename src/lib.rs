@@ -99,7 +99,7 @@ pub mod tokenizer;
 pub mod vision;
 pub mod weights;
 
-pub use conversation::{Answer, Conversation, ConversationOptions};
+pub use conversation::{Answer, Conversation, ConversationOptions, Turn};
 pub use encoder::{EncodedMedia, MediaEncoder};
 pub use error::{Error, Result, Setting};
 pub use model::{Model, ModelOptions};

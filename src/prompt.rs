@@ -38,6 +38,15 @@ fn sentinel(index: usize) -> String {
     format!("{OPEN}{index}{CLOSE}")
 }
 
+/// Refuses text that holds the media sentinels (private-use characters), which would be taken for
+/// media when the rendered prompt is split.
+pub fn check_text(text: &str) -> Result<()> {
+    if text.contains(OPEN) || text.contains(CLOSE) {
+        return Err(Error::Prompt("the text contains private-use characters U+E000/U+E001".into()));
+    }
+    Ok(())
+}
+
 /// Places media into the user turn's text: replaces placeholders with sentinels (in order per kind),
 /// or prefixes the media when the text has none. `kinds` lists the media in the order given.
 pub fn place_media(text: &str, kinds: &[MediaKind]) -> Result<String> {
@@ -51,9 +60,7 @@ pub fn place_media_from(text: &str, kinds: &[MediaKind], first: usize) -> Result
     let (videos, images) = (of_kind(MediaKind::Video), of_kind(MediaKind::Image));
     let n_video_ph = text.matches(VIDEO_PLACEHOLDER).count();
     let n_image_ph = text.matches(IMAGE_PLACEHOLDER).count();
-    if text.contains(OPEN) || text.contains(CLOSE) {
-        return Err(Error::Prompt("the text contains private-use characters U+E000/U+E001".into()));
-    }
+    check_text(text)?;
     if n_video_ph == 0 && n_image_ph == 0 {
         let mut out = String::new();
         for &i in images.iter().chain(&videos) {

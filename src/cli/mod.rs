@@ -9,6 +9,7 @@ mod compress;
 mod info;
 mod media;
 mod run;
+mod serve;
 
 use std::ffi::OsString;
 
@@ -37,6 +38,8 @@ enum Command {
     Chat(chat::ChatArgs),
     /// Answer a JSONL file of requests (resumable, shardable, with multiple-choice scoring).
     Batch(batch::BatchArgs),
+    /// Serve the model over HTTP: an OpenAI-compatible API (chat completions with video) and a chat page.
+    Serve(serve::ServeArgs),
     /// Print a GGUF file's metadata and tensors.
     Info(info::InfoArgs),
     /// Measure speed against a baseline in the same run.
@@ -44,9 +47,15 @@ enum Command {
     Bench(bench::BenchCommand),
 }
 
-/// llama.cpp spells some options with one dash and several letters (`-ngl 99`); clap wants two.
+/// llama.cpp spells some options with one dash and several letters (`-ngl 99`, `-np 4`); clap
+/// wants two.
 pub fn normalize_args(args: impl Iterator<Item = OsString>) -> Vec<OsString> {
-    args.map(|a| if a == "-ngl" { OsString::from("--ngl") } else { a }).collect()
+    args.map(|a| match a.to_str() {
+        Some("-ngl") => OsString::from("--ngl"),
+        Some("-np") => OsString::from("--np"),
+        _ => a,
+    })
+    .collect()
 }
 
 /// The command-line flag of a setting: library errors name settings, the command line names flags.
@@ -94,6 +103,7 @@ pub fn run(cli: Cli) -> dycoke::Result<()> {
         Command::Run(a) => run::run(a),
         Command::Chat(a) => chat::run(a),
         Command::Batch(a) => batch::run(a),
+        Command::Serve(a) => serve::run(a),
         Command::Info(a) => info::run(a),
         Command::Bench(b) => bench::run(b),
     }
