@@ -58,7 +58,8 @@ impl FrameArgs {
     pub fn sampling(&self) -> Result<Sampling, Error> {
         let selection = match (self.frames, self.fps) {
             (_, Some(r)) => FrameSelection::Fps(r),
-            (n, None) => FrameSelection::Count(n.unwrap_or(sampling::DEFAULT_FRAMES)),
+            // The default count stays within a smaller cap; an explicit count above it is an error.
+            (n, None) => FrameSelection::Count(n.unwrap_or(sampling::DEFAULT_FRAMES.min(self.max_frames))),
         };
         Sampling::new(selection, self.max_frames)
     }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod llava;
+pub mod server;
 pub mod strings;
 
 use std::path::{Path, PathBuf};

@@ -109,7 +109,7 @@ fn param(s: Setting) -> &'static str {
 /// An engine error as the client is told it.
 pub fn api_error(e: &Error) -> ApiError {
     match e {
-        Error::Setting { setting, problem } => ApiError::invalid(param(*setting), format!("{}: {setting} {problem}", param(*setting))),
+        Error::Setting { setting, problem } => ApiError::invalid(param(*setting), format!("{}: {problem}", param(*setting))),
         Error::ContextOverflow { .. } => ApiError::invalid("messages", format!("{e}; shorten the conversation, ask for fewer frames, or start the server with a larger -c")).with_code("context_length_exceeded"),
         Error::Prompt(m) => ApiError::invalid("messages", m.clone()),
         Error::Tokenizer(m) | Error::Template(m) => ApiError::invalid("messages", m.clone()),
