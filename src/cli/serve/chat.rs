@@ -18,6 +18,7 @@ use super::media::{self, MediaInput, MediaPolicy, MediaStore};
 use super::metrics::{MediaCounts, Metrics, Outcome, RequestCounts};
 use super::pool::{Lease, Pool};
 use super::stop::StopMatcher;
+use super::turns::{Turn as CpuTurn, Turns};
 
 /// What a request gets when it does not say (the server's command line).
 #[derive(Clone, Debug)]
@@ -31,6 +32,8 @@ pub struct Defaults {
 
 /// The loaded model and what serves it.
 pub struct Engine {
+    /// Turns at the CPU, shared by the sessions and the vision encoder.
+    pub turns: Turns,
     pub pool: Arc<Pool>,
     /// None without a vision model.
     pub media: Option<MediaStore>,
@@ -249,7 +252,9 @@ struct Sender {
 }
 
 impl Sender {
-    fn send(&self, mut event: Event) -> bool {
+    /// Sends `event`; while the client's buffer is full, `turn` (when held) lets other sessions
+    /// compute.
+    fn send(&self, mut event: Event, turn: Option<&CpuTurn>) -> bool {
         let deadline = Instant::now() + self.stall;
         loop {
             match self.tx.try_send(event) {
@@ -261,7 +266,11 @@ impl Sender {
                         return false;
                     }
                     event = e;
-                    std::thread::sleep(Duration::from_millis(5));
+                    let wait = || std::thread::sleep(Duration::from_millis(5));
+                    match turn {
+                        Some(t) => t.away(wait),
+                        None => wait(),
+                    }
                 }
             }
         }
@@ -283,7 +292,7 @@ pub fn run(engine: &Engine, job: Job, mut lease: Lease, tx: mpsc::Sender<Event>,
         }
         Err(e) => {
             let outcome = if is_client_error(&e) { Outcome::ClientError } else { Outcome::ServerError };
-            sender.send(Event::Error(e));
+            sender.send(Event::Error(e), None);
             outcome
         }
     };
@@ -299,13 +308,12 @@ fn answer(engine: &Engine, job: Job, lease: &mut Lease, sender: &Sender) -> Resu
     let conversation = lease.conversation();
     conversation.set_compression(settings.compression).map_err(|e| api_error(&e))?;
     let mut progress = |_, _, _| !sender.cancelled();
-
     let vision_start = Instant::now();
     let mut counts = MediaCounts::default();
     let mut encoded = Vec::with_capacity(media.len());
     if let Some(store) = &engine.media {
         for input in &media {
-            let result = store.encode(input, &settings.sampling, &mut progress, &mut counts);
+            let result = store.encode(input, &settings.sampling, &engine.turns, &mut progress, &mut counts);
             encoded.push(Some(result.map_err(|e| media_error(&e, input, store))?));
         }
     }
@@ -316,6 +324,11 @@ fn answer(engine: &Engine, job: Job, lease: &mut Lease, sender: &Sender) -> Resu
         .into_iter()
         .map(|t| Turn { role: t.role.to_string(), text: t.text, media: t.media.iter().filter_map(|&i| encoded[i].take()).collect() })
         .collect();
+    let turn = engine.turns.take();
+    let mut progress = |_, _, _| {
+        turn.pass();
+        !sender.cancelled()
+    };
     let prompt = conversation.prepare_turns(turns, &mut progress).map_err(|e| api_error(&e))?;
     let (frames, before, after) = conversation.media().iter().filter_map(|m| m.video()).fold((0, 0, 0), |(f, b, a), v| (f + v.frames, b + v.tokens_before_ttm(), a + v.tokens()));
 
@@ -323,13 +336,14 @@ fn answer(engine: &Engine, job: Job, lease: &mut Lease, sender: &Sender) -> Resu
     let (mut first, mut hit_stop, mut gone) = (None, false, false);
     let mut shown = String::new();
     let result = conversation.answer(&settings.generate, prompt.clone(), &mut |piece| {
+        turn.pass();
         if first.is_none() {
             first = Some(Instant::now());
         }
         let (text, stop) = matcher.push(piece);
         if !text.is_empty() {
             shown.push_str(&text);
-            if !sender.send(Event::Text(text)) {
+            if !sender.send(Event::Text(text), Some(&turn)) {
                 gone = true;
                 return false;
             }
@@ -337,6 +351,7 @@ fn answer(engine: &Engine, job: Job, lease: &mut Lease, sender: &Sender) -> Resu
         hit_stop = stop;
         !stop && !sender.cancelled()
     });
+    drop(turn);
     if gone || sender.cancelled() {
         return Ok(Outcome::Cancelled);
     }
@@ -344,7 +359,7 @@ fn answer(engine: &Engine, job: Job, lease: &mut Lease, sender: &Sender) -> Resu
     let rest = matcher.finish();
     if !rest.is_empty() {
         shown.push_str(&rest);
-        if !sender.send(Event::Text(rest)) {
+        if !sender.send(Event::Text(rest), None) {
             return Ok(Outcome::Cancelled);
         }
     }
@@ -397,7 +412,7 @@ fn answer(engine: &Engine, job: Job, lease: &mut Lease, sender: &Sender) -> Resu
     // The session's cache now holds these turns and the answer the client saw.
     lease.history = identities;
     lease.history.push(turn_identity("assistant", &shown, std::iter::empty()));
-    if !sender.send(Event::Done(Box::new(Finished { finish_reason, usage }))) {
+    if !sender.send(Event::Done(Box::new(Finished { finish_reason, usage })), None) {
         return Ok(Outcome::Cancelled);
     }
     Ok(Outcome::Ok)

@@ -19,6 +19,7 @@ use dycoke::progress::Progress;
 use dycoke_api::{check_allowed_file, ApiError, MediaKind, MediaSource};
 
 use super::metrics::MediaCounts;
+use super::turns::Turns;
 
 /// What the operator allows requests to point at.
 #[derive(Clone, Debug)]
@@ -178,8 +179,10 @@ impl MediaStore {
         Ok(MediaStore { encoder: Mutex::new(encoder), cache: Mutex::new(Lru { entries: VecDeque::new(), bytes: 0, max_bytes: memory_bytes }), temp })
     }
 
-    /// The uncompressed embeddings of `input` sampled by `sampling`. Blocking.
-    pub fn encode(&self, input: &MediaInput, sampling: &Sampling, progress: &mut Progress, counts: &mut MediaCounts) -> dycoke::Result<EncodedMedia> {
+    /// The uncompressed embeddings of `input` sampled by `sampling`. Blocking. The encode takes
+    /// turns at the CPU with the sessions; call it without holding a turn (the encoder's lock is
+    /// always taken before a turn).
+    pub fn encode(&self, input: &MediaInput, sampling: &Sampling, turns: &Turns, progress: &mut Progress, counts: &mut MediaCounts) -> dycoke::Result<EncodedMedia> {
         let content_hash = match &input.content {
             Content::Bytes { bytes, .. } => *blake3::hash(bytes).as_bytes(),
             Content::File(p) => {
@@ -207,10 +210,15 @@ impl MediaStore {
         };
         let result = {
             let mut encoder = lock(&self.encoder);
+            let turn = turns.take();
+            let mut progress = |phase, done, total| {
+                turn.pass();
+                progress(phase, done, total)
+            };
             let before = encoder.counters();
             let result = match input.kind {
-                MediaKind::Video => encoder.encode_video(&path, sampling, None, progress),
-                MediaKind::Image => encoder.encode_image(&path, progress),
+                MediaKind::Video => encoder.encode_video(&path, sampling, None, &mut progress),
+                MediaKind::Image => encoder.encode_image(&path, &mut progress),
             };
             let after = encoder.counters();
             counts.vision_encodes += (after.vision_encodes - before.vision_encodes) as u64;

@@ -12,6 +12,7 @@ mod media;
 mod metrics;
 mod pool;
 mod stop;
+mod turns;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -132,8 +133,15 @@ pub fn run(a: ServeArgs) -> dycoke::Result<()> {
         if defaults.generate.max_tokens > n_ctx {
             return Err(Error::setting(Setting::MaxTokens, format!("{} is more than the context of {n_ctx}", defaults.generate.max_tokens)));
         }
-        Ok(chat::Engine { pool, media, policy, metrics, defaults, n_ctx, stall_timeout: timeout })
+        Ok(chat::Engine { turns: turns::Turns::default(), pool, media, policy, metrics, defaults, n_ctx, stall_timeout: timeout })
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| Error::invalid("runtime", e.to_string()))?;
+    // Blocking threads: one per session that answers, and two for downloads and loading. A
+    // bounded set is reused, so memory (per-thread allocator arenas, stacks) does not grow with
+    // the number of clients.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(parallel + 2)
+        .thread_keep_alive(Duration::from_secs(600))
+        .build().map_err(|e| Error::invalid("runtime", e.to_string()))?;
     runtime.block_on(http::serve(config, load))
 }
