@@ -30,6 +30,7 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 # Bounds for one answer and for the whole run (the test must stay under two minutes).
 ANSWER_TIMEOUT_S = 45
 TOTAL_TIMEOUT_S = 110
+FRAMES = 8
 TTFT = re.compile(r"TTFT \d+(\.\d+)? s")
 
 
@@ -104,13 +105,20 @@ def use_page(url, video, screenshot):
         WebDriverWait(driver, 15).until(lambda d: "ready" in d.find_element(By.ID, "health").text)
         WebDriverWait(driver, 15).until(lambda d: d.find_element(By.ID, "model").text not in ("", "?"))
 
+        # The settings travel as the request's extensions: the stats must show the frames asked for.
+        driver.find_element(By.CSS_SELECTOR, "details > summary").click()
+        for element_id, value in (("frames", str(FRAMES)), ("max-tokens", "32")):
+            field = driver.find_element(By.ID, element_id)
+            field.clear()
+            field.send_keys(value)
+
         driver.find_element(By.ID, "file").send_keys(os.path.abspath(video))
         WebDriverWait(driver, 15).until(lambda d: "attached" in d.find_element(By.ID, "attachment").text)
         ask(driver, "What happens in this video?", submit_with_enter=False)
         text, stats = wait_for_answer(driver, 0)
         print(f"answer 1: {text!r}\n  stats: {stats}")
-        if "visual tokens" not in stats:
-            raise Failure(f"the stats of a video answer do not show the visual tokens: {stats!r}")
+        if "visual tokens" not in stats or f"{FRAMES} frames" not in stats:
+            raise Failure(f"the stats of a video answer do not show {FRAMES} frames and the visual tokens: {stats!r}")
 
         errors = console_errors(driver)
         if errors:

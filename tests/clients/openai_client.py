@@ -53,7 +53,9 @@ def check_usage(usage, what):
     check(isinstance(before, int) and isinstance(after, int) and 0 < after <= before,
           f"{what}: visual tokens before/after compression wrong: {before} -> {after}")
     check(usage["prompt_tokens"] > after, f"{what}: prompt_tokens {usage['prompt_tokens']} does not hold the {after} visual tokens")
-    cached_tokens(usage)
+    # The server evaluates exactly the prompt positions its cache did not hold.
+    check(dycoke.get("prompt_evaluated") == usage["prompt_tokens"] - cached_tokens(usage),
+          f"{what}: prompt_evaluated is not prompt_tokens - cached_tokens: {usage}")
 
 
 def main():
