@@ -84,6 +84,12 @@ typedef struct DycokeModelParams {
    * Layers placed on `device` when it is a GPU (0: none); ignored on the CPU.
    */
   uint32_t gpu_layers;
+  /**
+   * The type the vision matrices are multiplied in: "auto" (NULL: the fastest measured layout:
+   * F16 and BF16 widened to F32 where ggml runs AVX-512, others as stored), or "f32", "f16",
+   * "bf16", "q8_0", "q4_0", ... (converted once at load). Unknown: DYCOKE_STATUS_INVALID_ARGUMENT.
+   */
+  const char *vision_type;
 } DycokeModelParams;
 
 /**
@@ -130,6 +136,16 @@ typedef struct DycokeSessionParams {
    * The system prompt, or NULL for the default.
    */
   const char *system_prompt;
+  /**
+   * Temporal reuse inside the vision tower for videos: from this tower block on, a frame's
+   * position whose hidden state moved less than `vision_reuse_threshold` (relative L2) since it
+   * was last computed is not recomputed. Negative (the default) turns it off.
+   */
+  int32_t vision_reuse_layer;
+  /**
+   * Temporal reuse's threshold, in [0, 1]; 0 reuses nothing (the same embeddings as off).
+   */
+  float vision_reuse_threshold;
 } DycokeSessionParams;
 
 /**
@@ -183,6 +199,15 @@ typedef struct DycokeStats {
    * Tokens of the last answer.
    */
   uint64_t last_answer_tokens;
+  /**
+   * Video frames run through the vision tower, and repeated frames copied instead.
+   */
+  uint64_t frames_encoded;
+  uint64_t frames_reused;
+  /**
+   * The share of the vision tower's work (positions times blocks) temporal reuse skipped.
+   */
+  double vision_reused_share;
 } DycokeStats;
 
 #ifdef __cplusplus

@@ -21,7 +21,8 @@ use crate::encoder::cache::EmbeddingCache;
 use crate::encoder::EncoderOptions;
 use crate::media::{sampling, FrameSelection, Sampling};
 use crate::session::{CancelToken, GenerateParams, SessionOptions};
-use crate::{Error, Model, ModelOptions, Phase, SamplerParams, Setting, StopReason};
+use crate::vision::TemporalReuse;
+use crate::{Error, Model, ModelOptions, Phase, SamplerParams, Setting, StopReason, VisionType};
 
 /// What a call did.
 #[repr(C)]
@@ -70,6 +71,10 @@ pub struct DycokeModelParams {
     pub device: *const c_char,
     /// Layers placed on `device` when it is a GPU (0: none); ignored on the CPU.
     pub gpu_layers: u32,
+    /// The type the vision matrices are multiplied in: "auto" (NULL: the fastest measured layout:
+    /// F16 and BF16 widened to F32 where ggml runs AVX-512, others as stored), or "f32", "f16",
+    /// "bf16", "q8_0", "q4_0", ... (converted once at load). Unknown: DYCOKE_STATUS_INVALID_ARGUMENT.
+    pub vision_type: *const c_char,
 }
 
 /// A session's settings (`dycoke_session_default_params()` fills the defaults).
@@ -95,6 +100,12 @@ pub struct DycokeSessionParams {
     pub cache_dir: *const c_char,
     /// The system prompt, or NULL for the default.
     pub system_prompt: *const c_char,
+    /// Temporal reuse inside the vision tower for videos: from this tower block on, a frame's
+    /// position whose hidden state moved less than `vision_reuse_threshold` (relative L2) since it
+    /// was last computed is not recomputed. Negative (the default) turns it off.
+    pub vision_reuse_layer: i32,
+    /// Temporal reuse's threshold, in [0, 1]; 0 reuses nothing (the same embeddings as off).
+    pub vision_reuse_threshold: f32,
 }
 
 /// How an answer is generated (`dycoke_generate_default_params()` fills the defaults).
@@ -125,6 +136,11 @@ pub struct DycokeStats {
     pub last_prompt_evaluated: u64,
     /// Tokens of the last answer.
     pub last_answer_tokens: u64,
+    /// Video frames run through the vision tower, and repeated frames copied instead.
+    pub frames_encoded: u64,
+    pub frames_reused: u64,
+    /// The share of the vision tower's work (positions times blocks) temporal reuse skipped.
+    pub vision_reused_share: f64,
 }
 
 /// A loaded model (LLM and optional vision model); shareable by sessions in any threads.
@@ -201,17 +217,17 @@ fn field(s: Setting) -> &'static str {
         Setting::Device => "device",
         Setting::GpuLayers => "gpu_layers",
         Setting::CacheDir => "cache_dir",
+        Setting::VisionType => "vision_type",
+        Setting::VisionReuseLayer => "vision_reuse_layer",
+        Setting::VisionReuseThreshold => "vision_reuse_threshold",
         // Settings the C API does not expose keep their own words.
         Setting::BatchSize
         | Setting::VisionBatch
-        | Setting::VisionReuseLayer
-        | Setting::VisionReuseThreshold
         | Setting::Fps
         | Setting::DpThreshold
         | Setting::MinP
         | Setting::RepeatPenalty
-        | Setting::RepeatLastN
-        | Setting::VisionType => s.describe(),
+        | Setting::RepeatLastN => s.describe(),
     }
 }
 
@@ -259,7 +275,7 @@ pub extern "C" fn dycoke_last_error() -> *const c_char {
 
 #[no_mangle]
 pub extern "C" fn dycoke_model_default_params() -> DycokeModelParams {
-    DycokeModelParams { mmproj_path: std::ptr::null(), device: std::ptr::null(), gpu_layers: 0 }
+    DycokeModelParams { mmproj_path: std::ptr::null(), device: std::ptr::null(), gpu_layers: 0, vision_type: std::ptr::null() }
 }
 
 #[no_mangle]
@@ -275,6 +291,8 @@ pub extern "C" fn dycoke_session_default_params() -> DycokeSessionParams {
         dp_layer: -1,
         cache_dir: std::ptr::null(),
         system_prompt: std::ptr::null(),
+        vision_reuse_layer: -1,
+        vision_reuse_threshold: 0.0,
     }
 }
 
@@ -303,7 +321,9 @@ pub unsafe extern "C" fn dycoke_model_load(llm_path: *const c_char, params: *con
         let mmproj = unsafe { optional_str(params.mmproj_path, "mmproj_path") }?.map(PathBuf::from);
         // SAFETY: as documented.
         let device = unsafe { optional_str(params.device, "device") }?.map(str::to_string);
-        let model = Model::load(&ModelOptions { mmproj, device, gpu_layers: params.gpu_layers as usize, ..ModelOptions::new(llm) })?;
+        // SAFETY: as documented.
+        let vision_type = unsafe { optional_str(params.vision_type, "vision_type") }?.map_or(Ok(VisionType::Auto), VisionType::parse)?;
+        let model = Model::load(&ModelOptions { mmproj, device, gpu_layers: params.gpu_layers as usize, vision_type, ..ModelOptions::new(llm) })?;
         let handle = Box::into_raw(Box::new(DycokeModel { model }));
         // SAFETY: checked for NULL above.
         unsafe { *out = handle };
@@ -365,7 +385,11 @@ pub unsafe extern "C" fn dycoke_session_new(model: *const DycokeModel, params: *
         if p.n_threads > 0 {
             session.n_threads = p.n_threads as usize;
         }
-        let encoder = EncoderOptions { n_threads: session.n_threads, ..EncoderOptions::default() };
+        let temporal_reuse = match p.vision_reuse_layer {
+            l if l < 0 => None,
+            l => Some(TemporalReuse::new(l as usize, p.vision_reuse_threshold)?),
+        };
+        let encoder = EncoderOptions { n_threads: session.n_threads, temporal_reuse, ..EncoderOptions::default() };
         // SAFETY: as documented.
         let system = unsafe { optional_str(p.system_prompt, "system_prompt") }?.map(str::to_string);
         let options = ConversationOptions { session, compression: compression_of(p)?, sampling: sampling_of(p)?, encoder, system };
@@ -535,6 +559,9 @@ pub unsafe extern "C" fn dycoke_session_stats(session: *const DycokeSession, out
             last_prompt_reused: s.last[0],
             last_prompt_evaluated: s.last[1],
             last_answer_tokens: s.last[2],
+            frames_encoded: m.frames_encoded as u64,
+            frames_reused: m.frames_reused as u64,
+            vision_reused_share: m.reused_share(),
         };
         // SAFETY: checked for NULL; the caller passes a writable struct.
         unsafe { *out = stats };

@@ -88,7 +88,7 @@ fn every_parameter_field_has_its_documented_effect() {
     assert!(out.status.success(), "{text}");
     // One or more checks per field of DycokeModelParams, DycokeSessionParams, DycokeGenerateParams.
     for field in ["mmproj_path", "device", "gpu_layers", "frames", "max_frames", "compress", "ttm_k", "dp_ratio", "dp_layer", "n_ctx", "n_threads", "cache_dir",
-        "system_prompt", "max_tokens", "temperature", "seed", "top_k", "top_p"]
+        "system_prompt", "max_tokens", "temperature", "seed", "top_k", "top_p", "vision_type", "vision_reuse_layer", "vision_reuse_threshold"]
     {
         assert!(text.lines().any(|l| l.starts_with("ok ") && l.contains(field)), "no check of {field}:\n{text}");
     }

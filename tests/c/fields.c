@@ -87,6 +87,37 @@ int main(int argc, char **argv) {
     expect("device cpu", dycoke_model_load(llm, &mp, &model), DYCOKE_STATUS_OK, NULL);
     expect("ask", ask_video(model, base(), &gp, &st, &a), DYCOKE_STATUS_OK, NULL);
 
+    /* DycokeModelParams.vision_type: a name ggml knows, or an error naming the field; "f32" on the
+     * fixture's F32 vision model is what "auto" picks (the same answer). */
+    DycokeModel *typed = NULL;
+    mp.vision_type = "f7";
+    expect("vision_type unknown", dycoke_model_load(llm, &mp, &typed), DYCOKE_STATUS_INVALID_ARGUMENT, "vision_type");
+    mp.vision_type = "f32";
+    expect("vision_type f32: loads", dycoke_model_load(llm, &mp, &typed), DYCOKE_STATUS_OK, NULL);
+    expect("vision_type f32: answers", ask_video(typed, base(), &gp, NULL, &b), DYCOKE_STATUS_OK, NULL);
+    check("vision_type f32: the same answer as auto", strcmp(a.text, b.text) == 0, b.text);
+    dycoke_model_free(typed);
+    mp.vision_type = NULL;
+
+    /* DycokeSessionParams.vision_reuse_layer / vision_reuse_threshold: off by default; threshold 0
+     * reuses nothing (the same answer); threshold 1 skips tower work on the clip's later frames;
+     * a layer beyond the tower or a threshold outside [0, 1] is an error naming the field. */
+    sp = base();
+    check("vision_reuse_layer: off by default", sp.vision_reuse_layer < 0 && st.vision_reused_share == 0.0, "reuse on by default");
+    sp.vision_reuse_layer = 1;
+    sp.vision_reuse_threshold = 0.0f;
+    expect("vision_reuse_threshold 0: answers", ask_video(model, sp, &gp, &st2, &b), DYCOKE_STATUS_OK, NULL);
+    check("vision_reuse_threshold 0: the same answer, nothing skipped", strcmp(a.text, b.text) == 0 && st2.vision_reused_share == 0.0, b.text);
+    sp.vision_reuse_threshold = 1.0f;
+    expect("vision_reuse_threshold 1: answers", ask_video(model, sp, &gp, &st2, NULL), DYCOKE_STATUS_OK, NULL);
+    snprintf(detail, sizeof detail, "share skipped %f, frames encoded %llu", st2.vision_reused_share, (unsigned long long)st2.frames_encoded);
+    check("vision_reuse_layer 1 with threshold 1: tower work skipped", st2.vision_reused_share > 0.0 && st2.frames_encoded == 4, detail);
+    sp.vision_reuse_layer = 999;
+    expect("vision_reuse_layer beyond the tower", ask_video(model, sp, &gp, NULL, NULL), DYCOKE_STATUS_INVALID_ARGUMENT, "vision_reuse_layer");
+    sp.vision_reuse_layer = 1;
+    sp.vision_reuse_threshold = 2.0f;
+    expect("vision_reuse_threshold above 1", ask_video(model, sp, &gp, NULL, NULL), DYCOKE_STATUS_INVALID_ARGUMENT, "vision_reuse_threshold");
+
     /* DycokeModelParams.gpu_layers: ignored on the CPU device (the same answer). */
     DycokeModel *offload = NULL;
     mp.gpu_layers = 99;
