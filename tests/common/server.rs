@@ -12,21 +12,27 @@ pub struct Server {
     child: Child,
     /// `http://127.0.0.1:PORT`
     pub url: String,
+    /// The server's stderr.
+    log: std::path::PathBuf,
 }
 
 impl Server {
     /// Starts `dycoke serve --port 0 ARGS` and waits (up to two minutes) for its `listening on` line.
     pub fn start(args: &[&str]) -> Server {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let log = super::scratch_dir().join(format!("serve-{}.log", N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)));
         let mut child = Command::new(env!("CARGO_BIN_EXE_dycoke"))
             .arg("serve")
             .args(["--host", "127.0.0.1", "--port", "0"])
             .args(args)
+            .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(std::fs::File::create(&log).expect("server log"))
             .spawn()
             .expect("start dycoke serve");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
+        // Keeps draining stdout after the address, so the server never blocks on a full pipe.
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
@@ -35,13 +41,17 @@ impl Server {
                 }
             }
         });
+        let mut server = Server { child, url: String::new(), log };
         match rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(url) => Server { child, url },
-            Err(_) => {
-                let _ = child.kill();
-                panic!("dycoke serve did not start: {:?}", child.wait());
-            }
+            Ok(url) => server.url = url,
+            Err(_) => panic!("dycoke serve did not start:\n{}", server.log_text()),
         }
+        server
+    }
+
+    /// What the server wrote to stderr so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     pub fn pid(&self) -> u32 {

@@ -228,9 +228,6 @@ impl Engine {
         Ok(Job { settings, turns, media, identities, arrived })
     }
 
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
 }
 
 fn turn_identity<'a>(role: &str, text: &str, media: impl Iterator<Item = &'a [u8; 32]>) -> u64 {
@@ -281,29 +278,28 @@ impl Sender {
     }
 }
 
-/// Runs `job` on the session `lease` holds, sending its events; blocking. Returns how it ended.
-pub fn run(engine: &Engine, job: Job, mut lease: Lease, tx: mpsc::Sender<Event>, cancel: Arc<AtomicBool>) -> Outcome {
+/// Runs `job` on the session `lease` holds, sending its events; blocking. The outcome is counted
+/// before the last event goes out, so a client that has its answer finds it in /metrics.
+pub fn run(engine: &Engine, job: Job, mut lease: Lease, tx: mpsc::Sender<Event>, cancel: Arc<AtomicBool>) {
     let sender = Sender { tx, cancel, stall: engine.stall_timeout };
-    let outcome = match answer(engine, job, &mut lease, &sender) {
-        Ok(outcome) => outcome,
-        Err(e) if sender.cancelled() => {
-            let _ = e;
-            Outcome::Cancelled
-        }
-        Err(e) => {
-            let outcome = if is_client_error(&e) { Outcome::ClientError } else { Outcome::ServerError };
-            sender.send(Event::Error(e), None);
-            outcome
-        }
+    let (outcome, last) = match answer(engine, job, &mut lease, &sender) {
+        Ok(Some(finished)) => (Outcome::Ok, Some(Event::Done(finished))),
+        Ok(None) => (Outcome::Cancelled, None),
+        Err(_) if sender.cancelled() => (Outcome::Cancelled, None),
+        Err(e) => (if is_client_error(&e) { Outcome::ClientError } else { Outcome::ServerError }, Some(Event::Error(e))),
     };
     if outcome != Outcome::Ok {
         // What the cache holds is no longer what a history would say.
         lease.history.clear();
     }
-    outcome
+    engine.metrics.outcome(outcome);
+    if let Some(event) = last {
+        sender.send(event, None);
+    }
 }
 
-fn answer(engine: &Engine, job: Job, lease: &mut Lease, sender: &Sender) -> Result<Outcome, ApiError> {
+/// The answer, or None when the client went away.
+fn answer(engine: &Engine, job: Job, lease: &mut Lease, sender: &Sender) -> Result<Option<Box<Finished>>, ApiError> {
     let Job { settings, turns, media, identities, arrived } = job;
     let conversation = lease.conversation();
     conversation.set_compression(settings.compression).map_err(|e| api_error(&e))?;
@@ -353,21 +349,21 @@ fn answer(engine: &Engine, job: Job, lease: &mut Lease, sender: &Sender) -> Resu
     });
     drop(turn);
     if gone || sender.cancelled() {
-        return Ok(Outcome::Cancelled);
+        return Ok(None);
     }
     let answer = result.map_err(|e| api_error(&e))?;
     let rest = matcher.finish();
     if !rest.is_empty() {
         shown.push_str(&rest);
         if !sender.send(Event::Text(rest), None) {
-            return Ok(Outcome::Cancelled);
+            return Ok(None);
         }
     }
     let finish_reason = match answer.stop {
         _ if hit_stop => "stop",
         StopReason::EndOfGeneration => "stop",
         StopReason::MaxTokens | StopReason::ContextFull => "length",
-        StopReason::Cancelled => return Ok(Outcome::Cancelled),
+        StopReason::Cancelled => return Ok(None),
     };
 
     let ttft = first.map(|t| t.duration_since(arrived).as_secs_f64());
@@ -412,10 +408,7 @@ fn answer(engine: &Engine, job: Job, lease: &mut Lease, sender: &Sender) -> Resu
     // The session's cache now holds these turns and the answer the client saw.
     lease.history = identities;
     lease.history.push(turn_identity("assistant", &shown, std::iter::empty()));
-    if !sender.send(Event::Done(Box::new(Finished { finish_reason, usage })), None) {
-        return Ok(Outcome::Cancelled);
-    }
-    Ok(Outcome::Ok)
+    Ok(Some(Box::new(Finished { finish_reason, usage })))
 }
 
 /// A media error named by where the medium is in the request (not by our temporary file).

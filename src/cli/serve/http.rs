@@ -235,10 +235,7 @@ async fn chat_completions(State(state): State<Arc<AppState>>, req: Request) -> R
     };
     let (tx, rx) = mpsc::channel(64);
     let worker = engine.clone();
-    tokio::task::spawn_blocking(move || {
-        let outcome = chat::run(&worker, job, lease, tx, cancel);
-        worker.metrics().outcome(outcome);
-    });
+    tokio::task::spawn_blocking(move || chat::run(&worker, job, lease, tx, cancel));
     let reply = Reply { id: completion_id(), created: unix_now(), model: state.config.model_id.clone() };
     if stream {
         stream_response(reply, rx, guard, include_usage)
