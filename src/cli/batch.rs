@@ -7,7 +7,7 @@ use std::time::Instant;
 use clap::{Args, ValueEnum};
 use dycoke::batch::{self, Item, Record, Request, Shard, Summary};
 use dycoke::media::{FrameSelection, Sampling};
-use dycoke::{progress, Conversation, Error, GenerateParams, Model, Setting};
+use dycoke::{progress, Conversation, Error, GenerateParams, Setting};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::common::{ContextArgs, ModelArgs, SamplingArgs};
@@ -77,7 +77,7 @@ pub fn run(a: BatchArgs) -> dycoke::Result<()> {
     let mut options = a.context.conversation(compression, sampling, a.system.clone())?;
     options.encoder.temporal_reuse = a.frames.temporal_reuse()?;
     let cache = a.frames.cache()?;
-    let model = Model::load(&model_opts)?;
+    let model = super::common::load_model(&model_opts)?;
     let mut chat = Conversation::new(model, &options)?;
     chat.set_embedding_cache(cache);
     let cancel = chat.session().cancel_token();

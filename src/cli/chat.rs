@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::Path;
 
 use clap::Args;
-use dycoke::{Answer, CancelToken, Conversation, Error, Model, StopReason};
+use dycoke::{Answer, CancelToken, Conversation, Error, StopReason};
 use rustyline::error::ReadlineError;
 
 use super::common::{rate, ContextArgs, ModelArgs, PhaseBars, SamplingArgs};
@@ -53,7 +53,7 @@ pub fn run(a: ChatArgs) -> dycoke::Result<()> {
     let cache = a.media.cache()?;
     let mut options = a.context.conversation(compression, sampling, a.system.clone())?;
     options.encoder.temporal_reuse = a.media.frames.temporal_reuse()?;
-    let model = Model::load(&model_opts)?;
+    let model = super::common::load_model(&model_opts)?;
     let mut chat = Conversation::new(model.clone(), &options)?;
     chat.set_embedding_cache(cache);
     let cancel = chat.session().cancel_token();

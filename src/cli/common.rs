@@ -202,6 +202,24 @@ impl LazyBar {
     }
 }
 
+/// Loads a model with a spinner on a terminal: loading takes seconds when the vision matrices
+/// are converted or repacked, and nothing else would show that work is going on.
+pub fn load_model(options: &ModelOptions) -> Result<std::sync::Arc<dycoke::Model>, Error> {
+    let spinner = std::io::stderr().is_terminal().then(|| {
+        let s = ProgressBar::new_spinner();
+        s.set_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}").unwrap());
+        let what = if options.mmproj.is_some() { "loading the model and its vision tower" } else { "loading the model" };
+        s.set_message(what);
+        s.enable_steady_tick(std::time::Duration::from_millis(120));
+        s
+    });
+    let model = dycoke::Model::load(options);
+    if let Some(s) = spinner {
+        s.finish_and_clear();
+    }
+    model
+}
+
 /// "N tokens in T s (R tok/s)"
 pub fn rate(n: usize, secs: f64) -> String {
     let r = if secs > 0.0 { n as f64 / secs } else { 0.0 };

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::Args;
-use dycoke::{CancelToken, Conversation, Error, Model};
+use dycoke::{CancelToken, Conversation, Error};
 
 use super::common::{rate, ContextArgs, ModelArgs, PhaseBars, SamplingArgs};
 use super::compress::CompressArgs;
@@ -65,7 +65,7 @@ pub fn run(a: RunArgs) -> dycoke::Result<()> {
         // Nothing to see: the vision model would only cost load time.
         model_opts.mmproj = None;
     }
-    let model = Model::load(&model_opts)?;
+    let model = super::common::load_model(&model_opts)?;
     if let Some(reason) = model.tokenizer().template().fallback_reason() {
         if !a.raw {
             eprintln!("dycoke: note: {reason}; using ChatML");

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use clap::Args;
 use dycoke::encoder::MediaEncoder;
-use dycoke::{Error, Model, Setting};
+use dycoke::{Error, Setting};
 
 use super::common::{ContextArgs, ModelArgs, SamplingArgs};
 use super::compress::CompressArgs;
@@ -117,7 +117,7 @@ pub fn run(a: ServeArgs) -> dycoke::Result<()> {
     let (parallel, queue, media_cache) = (a.parallel, a.queue, a.media_cache_mb << 20);
 
     let load = move |metrics: Arc<metrics::Metrics>| -> dycoke::Result<chat::Engine> {
-        let model = Model::load(&model_options)?;
+        let model = super::common::load_model(&model_options)?;
         let mut encoder_options = options.encoder;
         encoder_options.temporal_reuse = temporal_reuse;
         let media = match MediaEncoder::new(&model, encoder_options) {
