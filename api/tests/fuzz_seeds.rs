@@ -23,3 +23,26 @@ fn chat_request() {
     }
     assert!(n >= 20, "only {n} seeds");
 }
+
+/// The seeds are requests clients really send: those not named `refused_*` are accepted, and
+/// the others are not.
+#[test]
+fn seeds_are_realistic() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/chat_request");
+    let mut accepted = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if !name.ends_with(".json") {
+            continue;
+        }
+        let result = dycoke_api::parse_chat_request(&std::fs::read(&path).unwrap(), &dycoke_api::Limits::default());
+        if name.starts_with("refused_") {
+            assert!(result.is_err(), "{name} is accepted");
+        } else {
+            result.unwrap_or_else(|e| panic!("{name}: {e}"));
+            accepted += 1;
+        }
+    }
+    assert!(accepted >= 15, "{accepted}");
+}
