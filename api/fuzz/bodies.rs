@@ -14,10 +14,14 @@ use std::sync::OnceLock;
 const SMALL: Limits = Limits { max_messages: 6, max_parts: 4, max_media: 3, max_text_bytes: 256 };
 
 pub fn chat_request(data: &[u8]) {
-    for limits in [Limits::default(), SMALL] {
-        match parse_chat_request(data, &limits) {
-            Ok(r) => accepted(&r, &limits),
-            Err(e) => refused(&e),
+    // The bytes as a body, and as the choices of a generator of well-formed JSON requests, which
+    // reaches the schema checks far more often than mutated bytes do.
+    for body in [data.to_vec(), generated(data).into_bytes()] {
+        for limits in [Limits::default(), SMALL] {
+            match parse_chat_request(&body, &limits) {
+                Ok(r) => accepted(&r, &limits),
+                Err(e) => refused(&e),
+            }
         }
     }
     // The same bytes as a media URL, a data URL's payload, and a path under the allowed folder.
@@ -132,4 +136,146 @@ fn file_checked(path: &Path) {
         Err(e) => refused(&e),
     }
     assert_eq!(check_allowed_file(path, &[]).map_err(|e| e.status), Err(403));
+}
+
+/// Choices read from the fuzzer's bytes; zeros once they run out.
+struct Choices<'a>(&'a [u8]);
+
+impl Choices<'_> {
+    fn byte(&mut self) -> u8 {
+        let (first, rest) = self.0.split_first().map_or((0, &[][..]), |(f, r)| (*f, r));
+        self.0 = rest;
+        first
+    }
+
+    fn pick<'b>(&mut self, from: &[&'b str]) -> &'b str {
+        from.get(usize::from(self.byte()) % from.len().max(1)).copied().unwrap_or_default()
+    }
+
+    /// Up to 15 bytes of the input as text, sometimes with a marker character in it.
+    fn text(&mut self) -> String {
+        let n = usize::from(self.byte() % 16).min(self.0.len());
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        let mut t = String::from_utf8_lossy(head).into_owned();
+        match self.byte() % 16 {
+            0 => t.push('\u{E000}'),
+            1 => t.insert(0, '\u{E001}'),
+            _ => {}
+        }
+        t
+    }
+}
+
+fn quoted(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out + "\""
+}
+
+const KEYS: &[&str] = &[
+    "model", "stream", "stream_options", "include_usage", "max_tokens", "max_completion_tokens", "temperature", "top_p",
+    "top_k", "min_p", "seed", "repeat_penalty", "repeat_last_n", "stop", "frames", "fps", "max_frames", "compress", "ttm_k",
+    "dp_ratio", "dp_layer", "media_io_kwargs", "video", "num_frames", "n", "presence_penalty", "frequency_penalty",
+    "logprobs", "top_logprobs", "tools", "tool_choice", "functions", "function_call", "response_format", "logit_bias", "type",
+    "user", "url", "data", "format",
+];
+
+/// Any JSON value, biased to the shapes the request's fields take.
+fn value(c: &mut Choices, depth: u32) -> String {
+    let scalars = [
+        "null", "true", "false", "0", "1", "2", "4", "16", "-1", "0.5", "1.0", "2.5", "-2.5", "1e3", "1e39", "4294967296",
+        "18446744073709551615", "18446744073709551616", "\"none\"", "\"text\"", "\"auto\"", "\"mp4\"",
+    ];
+    match c.byte() % 8 {
+        0..=3 => c.pick(&scalars).to_string(),
+        4 => quoted(&c.text()),
+        5 if depth < 3 => format!("[{}]", (0..c.byte() % 6).map(|_| value(c, depth + 1)).collect::<Vec<_>>().join(",")),
+        _ if depth < 3 => object(c, depth + 1),
+        _ => "{}".to_string(),
+    }
+}
+
+fn object(c: &mut Choices, depth: u32) -> String {
+    let fields: Vec<String> = (0..c.byte() % 4).map(|_| format!("{}:{}", quoted(c.pick(KEYS)), value(c, depth))).collect();
+    format!("{{{}}}", fields.join(","))
+}
+
+fn media_url(c: &mut Choices) -> String {
+    let media = fixture().media.display().to_string();
+    let prefix = match c.byte() % 14 {
+        0 => "data:video/mp4;base64,".to_string(),
+        1 => "data:image/png;base64,".to_string(),
+        2 => "data:;base64,".to_string(),
+        3 => "data:video/mp4,".to_string(),
+        4 => "file://".to_string(),
+        5 => "file://localhost/".to_string(),
+        6 | 7 => format!("file://{media}/"),
+        8 => "http://".to_string(),
+        9 => "https://example.com/".to_string(),
+        10 => "ftp://".to_string(),
+        11 => "javascript:".to_string(),
+        _ => String::new(),
+    };
+    let tail = match c.byte() % 4 {
+        0 => c.pick(&["a.mp4", "sub/b.mp4", "out.mp4", "outdir/secret.mp4", "../other/secret.mp4", "sub", "%2e%2e/other/secret.mp4", "a%00.mp4"]).to_string(),
+        1 => c.pick(&["AAEC", "AA==", "AA", "A", "", "AA\nEC", "A$A="]).to_string(),
+        _ => c.text(),
+    };
+    prefix + &tail
+}
+
+fn part(c: &mut Choices) -> String {
+    let kind = c.pick(&["text", "image_url", "video_url", "input_video", "input_audio", "", "text", "video_url"]);
+    let body = match kind {
+        "text" => match c.byte() % 4 {
+            0 => format!("\"text\":{}", value(c, 2)),
+            _ => format!("\"text\":{}", quoted(&c.text())),
+        },
+        "image_url" | "video_url" => match c.byte() % 4 {
+            0 => format!("{}:{}", quoted(kind), quoted(&media_url(c))),
+            1 => format!("{}:{}", quoted(kind), value(c, 2)),
+            _ => format!("{}:{{\"url\":{}}}", quoted(kind), quoted(&media_url(c))),
+        },
+        "input_video" => match c.byte() % 4 {
+            0 => format!("\"input_video\":{{\"url\":{}}}", quoted(&media_url(c))),
+            1 => format!("\"input_video\":{}", object(c, 2)),
+            _ => format!("\"input_video\":{{\"data\":{},\"format\":{}}}", quoted(&c.text()), value(c, 2)),
+        },
+        _ => format!("\"{kind}\":{}", value(c, 2)),
+    };
+    if kind.is_empty() { format!("{{{body}}}") } else { format!("{{\"type\":{},{body}}}", quoted(kind)) }
+}
+
+fn message(c: &mut Choices) -> String {
+    let role = c.pick(&["user", "user", "user", "system", "assistant", "developer", "tool", "robot", ""]);
+    let content = match c.byte() % 6 {
+        0 => String::new(),
+        1 => ",\"content\":null".to_string(),
+        2 => format!(",\"content\":{}", quoted(&c.text())),
+        3 => format!(",\"content\":{}", value(c, 2)),
+        _ => format!(",\"content\":[{}]", (0..c.byte() % 6).map(|_| part(c)).collect::<Vec<_>>().join(",")),
+    };
+    let role = if role.is_empty() { String::new() } else { format!("\"role\":{}", quoted(role)) };
+    format!("{{{role}{content}}}").replacen("{,", "{", 1)
+}
+
+/// A request body built from the bytes' choices: messages (mostly well-formed, with every part
+/// type and URL kind) and top-level fields of any type.
+fn generated(data: &[u8]) -> String {
+    let mut c = Choices(data);
+    let mut fields: Vec<String> = Vec::new();
+    for _ in 0..c.byte() % 6 {
+        fields.push(format!("{}:{}", quoted(c.pick(KEYS)), value(&mut c, 1)));
+    }
+    let messages: Vec<String> = (0..(c.byte() % 8).max(1)).map(|_| message(&mut c)).collect();
+    fields.insert(0, format!("\"messages\":[{}]", messages.join(",")));
+    format!("{{{}}}", fields.join(","))
 }
