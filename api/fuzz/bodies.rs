@@ -102,8 +102,14 @@ fn refused(e: &ApiError) {
 
 /// A folder with a file, a subfolder and links out of and into it, made once per process.
 struct Fixture {
+    root: PathBuf,
     media: PathBuf,
     real_media: PathBuf,
+}
+
+/// Removes the fixture folder; for the replay test (a fuzzing process leaves its one folder).
+pub fn remove_fixture() {
+    let _ = std::fs::remove_dir_all(&fixture().root);
 }
 
 fn fixture() -> &'static Fixture {
@@ -121,7 +127,7 @@ fn fixture() -> &'static Fixture {
         let _ = std::os::unix::fs::symlink(&other, media.join("outdir"));
         let _ = std::os::unix::fs::symlink(media.join("a.mp4"), other.join("in.mp4"));
         let real_media = media.canonicalize().unwrap();
-        Fixture { media, real_media }
+        Fixture { root, media, real_media }
     })
 }
 

@@ -12,6 +12,9 @@ const MARKERS: [char; 2] = ['\u{E000}', '\u{E001}'];
 /// OpenAI's limit on stop sequences.
 const MAX_STOP: usize = 4;
 
+/// Parses and checks a `POST /v1/chat/completions` body. Every refusal is a 400 whose `param` is
+/// the JSON path of the field at fault (none for a body that is not JSON or not an object) and
+/// whose message names it. Data URLs are decoded here, so the time taken follows the body's size.
 pub fn parse_chat_request(body: &[u8], limits: &Limits) -> Result<ChatRequest, ApiError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::new(400, format!("the request body is not valid JSON: {e}")).with_code(code::INVALID_JSON))?;

@@ -21,6 +21,7 @@ fn chat_request() {
             n += 1;
         }
     }
+    bodies::remove_fixture();
     assert!(n >= 20, "only {n} seeds");
 }
 
