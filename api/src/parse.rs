@@ -12,6 +12,9 @@ const MARKERS: [char; 2] = ['\u{E000}', '\u{E001}'];
 /// OpenAI's limit on stop sequences.
 const MAX_STOP: usize = 4;
 
+/// Parses and checks a `POST /v1/chat/completions` body. Every refusal is a 400 whose `param` is
+/// the JSON path of the field at fault (none for a body that is not JSON or not an object) and
+/// whose message names it. Data URLs are decoded here, so the time taken follows the body's size.
 pub fn parse_chat_request(body: &[u8], limits: &Limits) -> Result<ChatRequest, ApiError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::new(400, format!("the request body is not valid JSON: {e}")).with_code(code::INVALID_JSON))?;
@@ -388,8 +391,8 @@ fn kind_of(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
-        Value::Number(n) if n.is_f64() => "a fractional number",
-        Value::Number(n) if n.is_i64() && n.as_i64().is_some_and(|i| i < 0) => "a negative number",
+        Value::Number(n) if n.as_f64().is_some_and(|f| f < 0.0) => "a negative number",
+        Value::Number(n) if n.as_f64().is_some_and(|f| f.fract() != 0.0) => "a fractional number",
         Value::Number(_) => "a number",
         Value::String(_) => "a string",
         Value::Array(_) => "an array",
@@ -418,12 +421,15 @@ fn object<'a>(v: &'a Value, path: &str) -> Result<&'a Map<String, Value>, ApiErr
 }
 
 fn uint64(v: &Value, path: &str) -> Result<u64, ApiError> {
-    match v {
-        // Above i64 serde_json still reads an integer as u64; beyond u64 it is a float.
-        Value::Number(n) if n.as_u64().is_some() => Ok(n.as_u64().unwrap_or_default()),
-        Value::Number(n) if n.is_f64() && n.as_f64().is_some_and(|f| f.fract() == 0.0 && f > 0.0) => {
-            Err(ApiError::invalid(path, format!("`{path}` is too large")))
-        }
+    /// 2^64, the first float above u64's range.
+    const LIMIT: f64 = 18_446_744_073_709_551_616.0;
+    if let Some(n) = v.as_u64() {
+        return Ok(n);
+    }
+    // Integral floats (`100.0`, `1e3`) are integers to clients that have no other numbers.
+    match v.as_f64() {
+        Some(f) if f.fract() == 0.0 && (0.0..LIMIT).contains(&f) => Ok(f as u64),
+        Some(f) if f.fract() == 0.0 && f >= LIMIT => Err(ApiError::invalid(path, format!("`{path}` is too large"))),
         _ => Err(wrong_type(path, "a non-negative integer", v)),
     }
 }

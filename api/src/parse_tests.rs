@@ -88,6 +88,8 @@ fn refused() -> Vec<(Value, Option<&'static str>, &'static str)> {
         (extra(json!({"top_k": 2.5})), Some("top_k"), "a non-negative integer, not a fractional number"),
         (extra(json!({"repeat_last_n": 4294967296u64})), Some("repeat_last_n"), "too large"),
         (extra(json!({"seed": -2})), Some("seed"), "non-negative integer"),
+        (extra(json!({"seed": -1.5})), Some("seed"), "not a negative number"),
+        (extra(json!({"repeat_last_n": -64.0})), Some("repeat_last_n"), "not a negative number"),
         (extra(json!({"seed": 1e30})), Some("seed"), "too large"),
         (extra(json!({"max_tokens": 0})), Some("max_tokens"), "at least 1"),
         (extra(json!({"max_completion_tokens": 0})), Some("max_completion_tokens"), "at least 1"),
@@ -294,6 +296,9 @@ fn accepted_variants() {
     assert_eq!(r.video, VideoRequest { frames: None, fps: Some(2.0), max_frames: None });
     let r = parse(extra(json!({"media_io_kwargs": {"video": {"num_frames": 4}}}))).unwrap();
     assert_eq!(r.video.frames, Some(4));
+    // Integral floats are integers (clients that only have floats send them).
+    let r = parse_chat_request(br#"{"messages": [{"role": "user", "content": "a"}], "max_tokens": 100.0, "max_frames": 1e1, "seed": 0.0}"#, &Limits::default()).unwrap();
+    assert_eq!((r.sampling.max_tokens, r.video.max_frames, r.sampling.seed), (Some(100), Some(10), Some(0)));
     // An empty string and an empty part list are text the engine may still answer.
     assert_eq!(parse(with(json!(""), json!({}))).unwrap().messages[0].parts, [Part::Text(String::new())]);
     assert_eq!(parse(with(json!([]), json!({}))).unwrap().messages[0].parts, []);
