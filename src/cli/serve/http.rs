@@ -211,11 +211,14 @@ async fn chat_completions(State(state): State<Arc<AppState>>, req: Request) -> R
         }
         Ok(Ok(b)) => b,
     };
-    let request = match dycoke_api::parse_chat_request(&body, &state.limits) {
-        Ok(r) => r,
-        Err(e) => return fail(Outcome::ClientError, e),
+    // Parsing decodes data: URLs (up to the body limit): off the async threads.
+    let limits = state.limits.clone();
+    let parsed = tokio::task::spawn_blocking(move || dycoke_api::parse_chat_request(&body, &limits)).await;
+    let request = match parsed {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return fail(Outcome::ClientError, e),
+        Err(e) => return fail(Outcome::ServerError, ApiError::invalid("", format!("internal error: {e}")).with_status(500)),
     };
-    drop(body);
     let (stream, include_usage) = (request.stream, request.include_usage);
     let job = match engine.prepare(request, arrived).await {
         Ok(j) => j,
