@@ -182,6 +182,10 @@ fn serve(conn: TcpStream, state: &Mutex<State>, base: &str) {
         }
         Ok(repo)
     };
+    // A renamed repository: the Hub answers its old name with a redirect to a path on itself.
+    if path.contains("/tiny/renamed/") {
+        return respond(&conn, "307 Temporary Redirect", &[("Location", path.replace("/tiny/renamed/", "/tiny/llava-ov-gguf/"))], b"", head);
+    }
     match segs.as_slice() {
         ["", "api", "models", owner, name, "revision", rev] => {
             let repo = match open(owner, name, rev) {
@@ -466,6 +470,11 @@ fn gguf_repository_picks_the_type_by_file_name() {
     let log = hub.log();
     assert!(!log.iter().any(|l| l.contains("F32.gguf") || l.contains("README")), "{log:?}");
 
+    // Redirects within the Hub (a renamed repository) are followed, for the API and the files.
+    let out = ok(&dycoke(&hub.url, &home, &["pull", "tiny/renamed:q8_0"], &[]));
+    assert!(std::fs::read(pulled(&out).0).unwrap() == std::fs::read(&llm).unwrap());
+    assert!(hub.log().iter().any(|l| l.starts_with("HEAD /tiny/renamed/resolve/")), "{:?}", hub.log());
+
     let run = ["run", "-hf", "tiny/llava-ov-gguf:Q8_0", "-p", "Hello", "-n", "3"];
     let answer = ok(&dycoke(&hub.url, &home, &run, &[]));
     hub.clear_log();
@@ -497,6 +506,24 @@ fn an_interrupted_download_resumes_and_a_corrupt_one_is_fetched_again() {
     let snap = home.join(format!("hf/hub/models--tiny--llava-ov-hf/snapshots/{COMMIT_A}"));
     assert!(std::fs::read(snap.join("model.safetensors")).unwrap() == expected, "the resumed file differs");
     assert!(!files_under(&home.join("hf")).iter().any(|p| p.to_string_lossy().ends_with(".incomplete")));
+
+    // A download that fails on every try of a run leaves its partial file, which the next run
+    // continues from where the last try stopped.
+    let home2 = self::home("resume-runs");
+    hub.state.lock().unwrap().drop_once.extend(["model.safetensors".to_string(), "model.safetensors".into(), "model.safetensors".into()]);
+    hub.clear_log();
+    let err = fails(&dycoke(&hub.url, &home2, &["pull", "tiny/llava-ov-hf:f32"], &[]), 1);
+    assert!(err.contains("model.safetensors") && err.contains("cannot reach the Hub"), "{err}");
+    let partial: Vec<PathBuf> = files_under(&home2.join("hf")).into_iter().filter(|p| p.to_string_lossy().ends_with(".incomplete")).collect();
+    assert_eq!(partial.len(), 1, "{partial:?}");
+    let kept = std::fs::metadata(&partial[0]).unwrap().len() as usize;
+    assert!(kept > expected.len() / 2 && kept < expected.len(), "{kept} of {}", expected.len());
+    hub.clear_log();
+    ok(&dycoke(&hub.url, &home2, &["pull", "tiny/llava-ov-hf:f32"], &[]));
+    let gets: Vec<String> = hub.log().into_iter().filter(|l| l.starts_with("GET /cdn/")).collect();
+    assert_eq!(gets, vec![format!("GET /cdn/{} bytes={kept}-", hex(&Sha256::digest(&expected)))], "resumed from the partial file");
+    let snap2 = home2.join(format!("hf/hub/models--tiny--llava-ov-hf/snapshots/{COMMIT_A}"));
+    assert!(std::fs::read(snap2.join("model.safetensors")).unwrap() == expected, "the file resumed across runs differs");
 
     // Bytes damaged in transit: detected by the hash, fetched again.
     hub.state.lock().unwrap().corrupt_once.push("tiny-llava-Q8_0.gguf".into());

@@ -149,11 +149,33 @@ impl Hub {
         HubError::Network { repo: repo.to_string(), what: what.to_string(), endpoint: self.endpoint.clone(), problem: e.to_string() }
     }
 
+    /// A metadata request that follows redirects within the Hub (a renamed repository, a
+    /// mirror's internal hops: a `Location` without a host) and stops at one elsewhere (the
+    /// storage of an LFS file, whose 302 carries the file's metadata), as huggingface_hub does.
+    fn meta_call(&self, head: bool, mut url: String, repo: &str, what: &str) -> Result<(ureq::http::Response<ureq::Body>, String), HubError> {
+        for _ in 0..5 {
+            let resp = if head {
+                self.authorize(self.meta.head(&url), &url).header("Accept-Encoding", "identity").call()
+            } else {
+                self.authorize(self.meta.get(&url), &url).call()
+            }
+            .map_err(|e| self.transport(repo, what, e))?;
+            let status = resp.status().as_u16();
+            match header(&resp, "location") {
+                Some(loc) if (300..400).contains(&status) && loc.starts_with('/') && !loc.starts_with("//") => {
+                    url = format!("{}{loc}", origin(&url));
+                }
+                _ => return Ok((resp, url)),
+            }
+        }
+        Err(HubError::Protocol { repo: repo.to_string(), problem: format!("{what}: too many redirects") })
+    }
+
     /// The commit a revision points to and the files it holds.
     pub fn revision(&self, repo: &str, revision: &str) -> Result<(String, Vec<String>), HubError> {
         let what = format!("revision {revision}");
         let url = format!("{}/api/models/{repo}/revision/{}", self.endpoint, encode(revision));
-        let mut resp = self.authorize(self.meta.get(&url), &url).call().map_err(|e| self.transport(repo, &what, e))?;
+        let (mut resp, url) = self.meta_call(false, url, repo, &what)?;
         if resp.status().as_u16() != 200 {
             return Err(self.status_error(repo, &what, &resp));
         }
@@ -165,40 +187,30 @@ impl Hub {
         Ok((info.sha, info.siblings.into_iter().map(|s| s.rfilename).collect()))
     }
 
-    /// A file's etag, size and download URL. Redirects within the Hub (a renamed repository) are
-    /// followed; a redirect elsewhere is where the bytes are.
+    /// A file's etag, size and download URL (where a redirect to storage points, else the
+    /// resolve URL).
     pub fn file_meta(&self, repo: &str, commit: &str, file: &str) -> Result<FileMeta, HubError> {
-        let mut url = format!("{}/{repo}/resolve/{commit}/{}", self.endpoint, encode_path(file));
-        for _ in 0..5 {
-            let resp = self.authorize(self.meta.head(&url), &url).header("Accept-Encoding", "identity").call().map_err(|e| self.transport(repo, file, e))?;
-            let status = resp.status().as_u16();
-            let location = header(&resp, "location");
-            if (300..400).contains(&status) {
-                if let Some(loc) = location.as_deref().filter(|l| l.starts_with('/')) {
-                    url = format!("{}{loc}", origin(&url));
-                    continue;
-                }
-            } else if status != 200 {
-                return Err(self.status_error(repo, file, &resp));
-            }
-            let etag = header(&resp, "x-linked-etag").or_else(|| header(&resp, "etag")).map(|e| normalize_etag(&e)).filter(|e| !e.is_empty());
-            let Some(etag) = etag else {
-                return Err(HubError::Protocol { repo: repo.to_string(), problem: format!("{file}: the Hub sent no ETag; is HF_ENDPOINT ({}) a Hugging Face Hub?", self.endpoint) });
-            };
-            if etag.contains(['/', '\\']) || etag.starts_with('.') {
-                return Err(HubError::Protocol { repo: repo.to_string(), problem: format!("{file}: unusable ETag {etag:?}") });
-            }
-            let size = header(&resp, "x-linked-size").or_else(|| header(&resp, "content-length")).and_then(|s| s.trim().parse::<u64>().ok());
-            let Some(size) = size else {
-                return Err(HubError::Protocol { repo: repo.to_string(), problem: format!("{file}: the Hub sent no size") });
-            };
-            let url = match location {
-                Some(l) if (300..400).contains(&status) => l,
-                _ => url,
-            };
-            return Ok(FileMeta { expected: Expected::from_etag(&etag), etag, size, url });
+        let url = format!("{}/{repo}/resolve/{commit}/{}", self.endpoint, encode_path(file));
+        let (resp, url) = self.meta_call(true, url, repo, file)?;
+        let status = resp.status().as_u16();
+        let location = header(&resp, "location");
+        let redirected = (300..400).contains(&status) && location.is_some();
+        if status != 200 && !redirected {
+            return Err(self.status_error(repo, file, &resp));
         }
-        Err(HubError::Protocol { repo: repo.to_string(), problem: format!("{file}: too many redirects") })
+        let etag = header(&resp, "x-linked-etag").or_else(|| header(&resp, "etag")).map(|e| normalize_etag(&e)).filter(|e| !e.is_empty());
+        let Some(etag) = etag else {
+            return Err(HubError::Protocol { repo: repo.to_string(), problem: format!("{file}: the Hub sent no ETag; is HF_ENDPOINT ({}) a Hugging Face Hub?", self.endpoint) });
+        };
+        if etag.contains(['/', '\\']) || etag.starts_with('.') {
+            return Err(HubError::Protocol { repo: repo.to_string(), problem: format!("{file}: unusable ETag {etag:?}") });
+        }
+        let size = header(&resp, "x-linked-size").or_else(|| header(&resp, "content-length")).and_then(|s| s.trim().parse::<u64>().ok());
+        let Some(size) = size else {
+            return Err(HubError::Protocol { repo: repo.to_string(), problem: format!("{file}: the Hub sent no size") });
+        };
+        let url = if redirected { location.unwrap_or(url) } else { url };
+        Ok(FileMeta { expected: Expected::from_etag(&etag), etag, size, url })
     }
 
     /// Fetches a file into `partial`, continuing from the bytes already there, and checks its
