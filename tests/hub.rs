@@ -324,8 +324,9 @@ fn dycoke(endpoint: &str, home: &Path, args: &[&str], env: &[(&str, &str)]) -> O
         .env("HF_HOME", home.join("hf"))
         .env("DYCOKE_CACHE", home.join("dycoke"))
         .env("HF_ENDPOINT", endpoint)
-        .env("HF_HUB_ETAG_TIMEOUT", "2")
-        .env("HF_HUB_DOWNLOAD_TIMEOUT", "2")
+        // Short enough for the stalled-server case to be quick, long enough for a loaded machine.
+        .env("HF_HUB_ETAG_TIMEOUT", "5")
+        .env("HF_HUB_DOWNLOAD_TIMEOUT", "5")
         .env_remove("HF_TOKEN")
         .env_remove("HF_HUB_OFFLINE")
         .env_remove("HF_HUB_CACHE")
@@ -600,6 +601,13 @@ fn bad_input_is_refused_and_leaves_nothing_half_written() {
         eprintln!("skipping the full-disk cases: cannot mount a tmpfs here (not root?)");
         return;
     }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(full.clone());
     let check = || -> Result<(), String> {
         let err = fails(&dycoke(&hub.url, &home, &["pull", "tiny/llava-ov-hf:f32"], &[("HF_HOME", full.join("hf").to_str().unwrap())]), 1);
         if !(err.contains("cannot write the cache") && err.contains("No space left")) {
@@ -620,7 +628,5 @@ fn bad_input_is_refused_and_leaves_nothing_half_written() {
         }
         Ok(())
     };
-    let result = check();
-    let _ = Command::new("umount").arg(&full).status();
-    result.unwrap();
+    check().unwrap();
 }

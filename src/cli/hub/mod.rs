@@ -5,6 +5,11 @@
 //! repository (an LLM `*.gguf` and an `mmproj*.gguf`), where TYPE picks the quantization by file
 //! name. `cache` says where the files live, `client` talks to the Hub, `spec` parses the name.
 //!
+//! The `hf-hub` crate gives the cache's names (`Repo::folder_name`, refs); its downloads are not
+//! used: version 0.4's blocking client resumes but renames a file into the cache without checking
+//! its hash and has no offline mode, and 1.0 brings reqwest, tokio and the Xet client. The HTTP
+//! here is ureq, which the binary already uses.
+//!
 //! `-hf` answers from the cache without a request when the revision's model is there (a new
 //! revision of a branch is seen by `dycoke pull`, which always asks the Hub and checks every
 //! cached file against the hash the Hub reports). `HF_HUB_OFFLINE=1` never asks.
