@@ -61,7 +61,7 @@ pub enum HubError {
     #[error("{repo}{}: not in the cache, and HF_HUB_OFFLINE is set; run once with a network (or dycoke pull {repo}) first", at_revision(revision))]
     Offline { repo: String, revision: String },
     #[error("{repo}: converting the checkpoint: {source}")]
-    Convert { repo: String, source: convert::ConvertError },
+    Convert { repo: String, source: Box<convert::ConvertError> },
 }
 
 fn at_revision(r: &str) -> String {
@@ -288,7 +288,7 @@ fn finish(repo: &str, rc: &RepoCache, commit: &str, key: &str, plan: &Plan) -> R
             publish(&dir, |tmp| {
                 let opts = ConvertOptions { input: rc.snapshot(commit), prefix: tmp.join("model"), outtype: *ty, vision_type: None };
                 let mut bar = LazyBar::new("converting", 2);
-                convert::convert(&opts, &mut |done, total, _| bar.update(done, total)).map_err(|source| HubError::Convert { repo: repo.to_string(), source })?;
+                convert::convert(&opts, &mut |done, total, _| bar.update(done, total)).map_err(|source| HubError::Convert { repo: repo.to_string(), source: Box::new(source) })?;
                 bar.finish();
                 Ok(())
             })?;
