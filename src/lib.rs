@@ -72,6 +72,7 @@
 // llm        Qwen2 and its KV cache, with the decode-attention hook compression plugs into
 // compress   DyCoke: the settings, TTM's selection, dynamic pruning, the `DyCoke` object
 // vision     preprocessing, SigLIP, projector, pooling, TTM as a node after pooling
+// convert    Hugging Face LLaVA-OneVision checkpoints to a GGUF pair (only GGUF files, no model)
 // model      a loaded model: LLM, tokenizer, optional vision model
 // encoder    media files to embedding rows: the vision context, the embedding cache, counters
 // prompt     where media go in a prompt
@@ -83,6 +84,7 @@ pub mod batch;
 pub mod capi;
 pub mod compress;
 pub mod conversation;
+pub mod convert;
 pub mod encoder;
 pub mod error;
 pub mod ggml;

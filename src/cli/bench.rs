@@ -9,6 +9,7 @@ use super::benches::{describe_row, run_llm_bench, run_vision_bench, table_header
 use dycoke::Error;
 
 use super::common::{LazyBar, DEFAULT_MODEL};
+use super::hub::{self, HubSpec};
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -37,8 +38,12 @@ pub struct VideoInputArgs {
     /// as --vision-reuse; the name defaults to the
     /// file's stem). `bench video` compares them, the first being the baseline; `bench fidelity`
     /// measures each against the uncompressed answer on the first. A real-dimension random one: gguf-tools random --mmproj -o FILE --type f16.
-    #[arg(long, visible_alias = "vision-modes", value_name = "[NAME=]GGUF[@type=T][@reuse=M:T]", value_delimiter = ',', value_parser = VisionSetting::parse, required_unless_present = "child_features")]
+    #[arg(long, visible_alias = "vision-modes", value_name = "[NAME=]GGUF[@type=T][@reuse=M:T]", value_delimiter = ',', value_parser = VisionSetting::parse, required_unless_present_any = ["child_features", "hf"])]
     mmproj: Vec<VisionSetting>,
+    /// The model from the Hugging Face Hub (see `run --hf`): its LLM instead of -m, and its
+    /// vision model as the one vision setting when --mmproj is not given.
+    #[arg(long = "hf", value_name = "REPO[:TYPE][@REV]", value_parser = HubSpec::parse, conflicts_with = "model")]
+    hf: Option<HubSpec>,
     /// The video [default: models/bikes.mp4, from scripts/fetch-sample-video].
     #[arg(long, value_name = "PATH")]
     video: Option<PathBuf>,
@@ -105,6 +110,20 @@ fn parse_mode(s: &str) -> Result<CompressionMode, String> {
 pub const DEFAULT_VIDEO: &str = "models/bikes.mp4";
 
 impl VideoInputArgs {
+    /// Replaces `--hf` by the files it names (the measuring processes get plain paths).
+    fn resolve_hub(mut self) -> Result<VideoInputArgs, Error> {
+        let Some(spec) = self.hf.take() else { return Ok(self) };
+        let m = hub::resolve(&spec, hub::Freshness::CachedFirst)?;
+        self.model = m.llm;
+        if self.mmproj.is_empty() {
+            let Some(mmproj) = m.mmproj else {
+                return Err(Error::invalid("mmproj", format!("{spec} has no vision model; give --mmproj")));
+            };
+            self.mmproj.push(VisionSetting { name: "hf".into(), mmproj, vision_type: dycoke::VisionType::Auto, encoder: Default::default() });
+        }
+        Ok(self)
+    }
+
     fn threads(&self) -> usize {
         self.threads.unwrap_or_else(dycoke::session::default_threads)
     }
@@ -180,6 +199,9 @@ pub struct LlmArgs {
     /// LLM GGUF file.
     #[arg(short = 'm', long = "model", value_name = "GGUF", default_value = DEFAULT_MODEL)]
     model: PathBuf,
+    /// The LLM of a model from the Hugging Face Hub (see `run --hf`) instead of -m.
+    #[arg(long = "hf", value_name = "REPO[:TYPE][@REV]", value_parser = HubSpec::parse, conflicts_with = "model")]
+    hf: Option<HubSpec>,
     /// CPU threads for both engines [default: all cores].
     #[arg(short = 't', long = "threads")]
     threads: Option<usize>,
@@ -235,7 +257,10 @@ pub fn run(cmd: BenchCommand) -> dycoke::Result<()> {
             }
             Ok(())
         }
-        BenchCommand::Llm(a) => {
+        BenchCommand::Llm(mut a) => {
+            if let Some(spec) = &a.hf {
+                a.model = hub::resolve(spec, hub::Freshness::CachedFirst)?.llm;
+            }
             if !a.model.exists() {
                 return Err(Error::invalid("model", format!("{} does not exist", a.model.display())));
             }
@@ -264,7 +289,8 @@ pub fn run(cmd: BenchCommand) -> dycoke::Result<()> {
     }
 }
 
-fn run_video(a: VideoArgs) -> dycoke::Result<()> {
+fn run_video(mut a: VideoArgs) -> dycoke::Result<()> {
+    a.input = a.input.resolve_hub()?;
     let opts = a.input.mode_options(a.gen, a.reps)?;
     if let (Some(mode), Some(features)) = (a.child_mode, &a.child_features) {
         let f = EncodedMedia::load(features)?;
@@ -408,7 +434,8 @@ fn ratio_row(r: &VideoModeReport, g: &Gains) -> String {
     )
 }
 
-fn run_fidelity_bench(a: FidelityArgs) -> dycoke::Result<()> {
+fn run_fidelity_bench(mut a: FidelityArgs) -> dycoke::Result<()> {
+    a.input = a.input.resolve_hub()?;
     let opts = a.input.mode_options(a.steps, 1)?;
     let video = a.input.video()?;
     eprintln!("{} with {} on {} threads, {} frames, {} greedy steps", video.display(), opts.model.display(), opts.threads, a.frames, a.steps);

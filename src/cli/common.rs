@@ -12,6 +12,8 @@ use dycoke::media::Sampling;
 use dycoke::{Error, GenerateParams, ModelOptions, Phase, SamplerParams, SessionOptions, Setting, VisionType};
 use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 
+use super::hub::{self, HubSpec};
+
 /// The model a command runs when `-m` is not given: the file `scripts/fetch-qwen2-0.5b` fetches.
 pub const DEFAULT_MODEL: &str = "models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
 
@@ -23,6 +25,11 @@ pub struct ModelArgs {
     /// Vision model GGUF (SigLIP and projector), needed for --video and --image.
     #[arg(long, value_name = "GGUF")]
     pub mmproj: Option<PathBuf>,
+    /// Model from the Hugging Face Hub (-hf): a transformers LLaVA-OneVision checkpoint, converted
+    /// on first use to TYPE (default f16), or a GGUF repository, TYPE picking the quantization
+    /// (default Q4_K_M when there are several). Cached in HF_HOME; see `dycoke pull`.
+    #[arg(long = "hf", visible_alias = "hf-repo", value_name = "REPO[:TYPE][@REV]", value_parser = HubSpec::parse, conflicts_with_all = ["model", "mmproj"])]
+    pub hf: Option<HubSpec>,
     /// Compute device: `cpu`, or a GPU of a build with the cuda/metal/vulkan feature.
     #[arg(long, value_name = "NAME", default_value = "cpu")]
     pub device: String,
@@ -41,6 +48,11 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     pub fn options(&self) -> Result<ModelOptions, Error> {
+        let vision_type = VisionType::parse(&self.vision_type)?;
+        if let Some(spec) = &self.hf {
+            let m = hub::resolve(spec, hub::Freshness::CachedFirst)?;
+            return Ok(ModelOptions { llm: m.llm, mmproj: m.mmproj, device: Some(self.device.clone()), gpu_layers: self.gpu_layers, repack: !self.no_repack, vision_type });
+        }
         let path = match &self.model {
             Some(p) => p.clone(),
             None => {
@@ -48,13 +60,12 @@ impl ModelArgs {
                 if !p.exists() {
                     return Err(Error::invalid(
                         "model",
-                        format!("no -m given and the default {DEFAULT_MODEL} does not exist; fetch it with scripts/fetch-qwen2-0.5b or pass -m FILE.gguf"),
+                        format!("no -m given and the default {DEFAULT_MODEL} does not exist; fetch it with scripts/fetch-qwen2-0.5b, pass -m FILE.gguf, or -hf REPO"),
                     ));
                 }
                 p
             }
         };
-        let vision_type = VisionType::parse(&self.vision_type)?;
         Ok(ModelOptions { llm: path, mmproj: self.mmproj.clone(), device: Some(self.device.clone()), gpu_layers: self.gpu_layers, repack: !self.no_repack, vision_type })
     }
 }

@@ -6,6 +6,7 @@ mod benches;
 mod chat;
 mod common;
 mod compress;
+mod hub;
 mod info;
 mod media;
 mod run;
@@ -42,6 +43,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Print a GGUF file's metadata and tensors.
     Info(info::InfoArgs),
+    /// Download a model from the Hugging Face Hub (and convert it) ahead of use, or list the cache.
+    Pull(hub::pull::PullArgs),
     /// Measure speed against a baseline in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -53,6 +56,7 @@ pub fn normalize_args(args: impl Iterator<Item = OsString>) -> Vec<OsString> {
     args.map(|a| match a.to_str() {
         Some("-ngl") => OsString::from("--ngl"),
         Some("-np") => OsString::from("--np"),
+        Some("-hf") => OsString::from("--hf"),
         _ => a,
     })
     .collect()
@@ -94,6 +98,7 @@ pub fn describe_error(e: &Error) -> String {
         Error::Setting { setting, problem } => format!("{}: {setting} {problem}", flag(*setting)),
         Error::NoVisionModel => "videos and images need a vision model: pass --mmproj FILE.gguf".into(),
         Error::ContextOverflow { .. } => format!("{e}; raise -c/--ctx-size"),
+        Error::InvalidArgument { what, problem } if what == hub::ERROR_WHAT => problem.clone(),
         _ => e.to_string(),
     }
 }
@@ -105,6 +110,7 @@ pub fn run(cli: Cli) -> dycoke::Result<()> {
         Command::Batch(a) => batch::run(a),
         Command::Serve(a) => serve::run(a),
         Command::Info(a) => info::run(a),
+        Command::Pull(a) => hub::pull::run(a),
         Command::Bench(b) => bench::run(b),
     }
 }

@@ -1,19 +1,19 @@
 //! Tensor data to and from F32, with ggml's own quantizers.
 
-use dycoke::ggml::GgmlType;
+use crate::ggml::GgmlType;
 
 /// Encodes rows of `n_per_row` F32 values as `ty`.
 pub fn encode_f32(values: &[f32], n_per_row: usize, ty: GgmlType) -> Vec<u8> {
     match ty {
         GgmlType::F32 => values.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        _ => dycoke::ggml::quantize_rows(ty, values, n_per_row),
+        _ => crate::ggml::quantize_rows(ty, values, n_per_row),
     }
 }
 
 /// Reads any float or quantized tensor data as F32.
 pub fn decode_to_f32(ty: GgmlType, data: &[u8], n: usize) -> Vec<f32> {
     let mut out = vec![0f32; n];
-    dycoke::ggml::dequantize(ty, data, &mut out);
+    crate::ggml::dequantize(ty, data, &mut out);
     out
 }
 

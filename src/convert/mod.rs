@@ -3,20 +3,26 @@
 //! mmproj-style `clip` file). `plan` reads the configuration and the safetensors headers and decides
 //! every tensor's name, shape and type, checked against `layout`; `ConvertPlan::write` then streams
 //! the tensors one at a time from the memory-mapped shards: the model is never held in memory.
+//!
+//! `layout` says what a LLaVA-OneVision GGUF pair holds and `codec` encodes tensor data; the
+//! conversion here, and `gguf-tools`' quantizer and random models, build on those two.
+
+pub mod codec;
+pub mod layout;
 
 use std::collections::HashSet;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use dycoke::ggml::MappedFile;
-use dycoke::ggml::GgmlType;
-use dycoke::gguf::names::vision::Tensor as VisionTensor;
-use dycoke::gguf::names::{qwen2, tokenizer as tok_keys};
-use dycoke::gguf::{Array, GgufError, GgufWriter};
+use crate::ggml::MappedFile;
+use crate::ggml::GgmlType;
+use crate::gguf::names::vision::Tensor as VisionTensor;
+use crate::gguf::names::{qwen2, tokenizer as tok_keys};
+use crate::gguf::{Array, GgufError, GgufWriter};
 use serde_json::Value as Json;
 
-use crate::codec::{decode_to_f32, encode_f32};
-use crate::layout::{self, ClipMeta, Qwen2Meta};
+use self::codec::{decode_to_f32, encode_f32};
+use self::layout::{ClipMeta, Qwen2Meta};
 
 /// Qwen2's ChatML template (string contents, default system prompt). The llava-hf template expects
 /// contents as lists of typed parts; the engine builds media prompts with plain strings.

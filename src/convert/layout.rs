@@ -2,10 +2,10 @@
 //! mmproj-style `clip` file), each with its metadata keys, its tensors and their shapes, and the
 //! types each tensor may be stored in. `convert`, `random` and `quantize` all write by it.
 
-use dycoke::gguf::names::vision::{BlockPart, Param, ProjLayer, Tensor as VisionTensor};
-use dycoke::gguf::names::{clip, general, llm as llm_keys, qwen2};
-use dycoke::ggml::GgmlType;
-use dycoke::gguf::{Array, GgufWriter};
+use crate::gguf::names::vision::{BlockPart, Param, ProjLayer, Tensor as VisionTensor};
+use crate::gguf::names::{clip, general, llm as llm_keys, qwen2};
+use crate::ggml::GgmlType;
+use crate::gguf::{Array, GgufWriter};
 
 /// The types weight matrices may be written in.
 pub const TARGETS: &[GgmlType] = &[
