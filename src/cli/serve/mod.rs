@@ -102,7 +102,8 @@ pub fn run(a: ServeArgs) -> dycoke::Result<()> {
         allowed_dirs.push(canonical);
     }
     let model_options = a.model.options()?;
-    let model_id = a.alias.clone().unwrap_or_else(|| model_options.llm.file_name().map_or("model".into(), |n| n.to_string_lossy().into_owned()));
+    // Clients see the name the user gave: the alias, the Hub repository, or the LLM file's name.
+    let model_id = a.alias.clone().or_else(|| a.model.hf.as_ref().map(ToString::to_string)).unwrap_or_else(|| model_options.llm.file_name().map_or("model".into(), |n| n.to_string_lossy().into_owned()));
     let timeout = Duration::from_secs(a.timeout);
     let config = http::Config {
         host: a.host.clone(),
