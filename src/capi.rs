@@ -172,7 +172,7 @@ fn set_error(message: &str) {
 fn status_of(e: &Error) -> DycokeStatus {
     match e {
         Error::Setting { .. } | Error::InvalidArgument { .. } | Error::NoVisionModel | Error::Prompt(_) | Error::Device { .. } => DycokeStatus::InvalidArgument,
-        Error::Io { .. } | Error::Gguf(crate::gguf::Error { kind: crate::gguf::GgufError::Io(_), .. }) => DycokeStatus::Io,
+        Error::Io { .. } | Error::Rpc(_) | Error::Gguf(crate::gguf::Error { kind: crate::gguf::GgufError::Io(_), .. }) => DycokeStatus::Io,
         Error::Gguf(_) | Error::Tokenizer(_) | Error::Template(_) | Error::VisionMismatch { .. } => DycokeStatus::BadModel,
         Error::Media { .. } => DycokeStatus::BadMedia,
         Error::ContextOverflow { .. } => DycokeStatus::ContextFull,
