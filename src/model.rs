@@ -20,8 +20,12 @@ pub struct ModelOptions {
     pub llm: PathBuf,
     /// The vision model GGUF (mmproj, architecture `clip`), for videos and images.
     pub mmproj: Option<PathBuf>,
-    /// `cpu` (default) or a GPU device name of a build with a GPU feature (see `devices()`).
+    /// `cpu` (default), a GPU device name of a build with a GPU feature, or a device of an RPC
+    /// server of `rpc` (`rpc0`, ...; see `devices()`).
     pub device: Option<String>,
+    /// RPC servers (`HOST:PORT`, see `ggml::rpc`) whose devices are added before `device` is
+    /// looked up. Each is checked to answer first; the first is `rpc0`.
+    pub rpc: Vec<String>,
     /// Layers to place on the GPU (ignored on the CPU).
     pub gpu_layers: usize,
     /// Repack matrices into the CPU's faster layouts (llama.cpp does by default).
@@ -33,7 +37,7 @@ pub struct ModelOptions {
 
 impl ModelOptions {
     pub fn new(llm: impl Into<PathBuf>) -> ModelOptions {
-        ModelOptions { llm: llm.into(), mmproj: None, device: None, gpu_layers: 0, repack: true, vision_type: VisionType::Auto }
+        ModelOptions { llm: llm.into(), mmproj: None, device: None, rpc: Vec::new(), gpu_layers: 0, repack: true, vision_type: VisionType::Auto }
     }
 }
 
@@ -42,7 +46,17 @@ pub fn devices() -> Vec<String> {
     Device::all().iter().map(|d| d.name().to_ascii_lowercase()).collect()
 }
 
-/// Resolves a device name (`cpu`, `cuda0`, ...).
+/// Adds the devices of each RPC server (`HOST:PORT`) to this process's devices; returns their names.
+pub fn add_rpc_servers(endpoints: &[String]) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for e in endpoints {
+        let endpoint = crate::ggml::rpc::Endpoint::parse(e)?;
+        names.extend(crate::ggml::rpc::add_server(&endpoint)?.iter().map(|d| d.name().to_ascii_lowercase()));
+    }
+    Ok(names)
+}
+
+/// Resolves a device name (`cpu`, `cuda0`, `rpc0`, ...).
 pub fn find_device(name: Option<&str>) -> Result<Device> {
     match name {
         None => Ok(Device::cpu()),
@@ -65,6 +79,7 @@ impl Model {
     pub fn load(opts: &ModelOptions) -> Result<Arc<Model>> {
         crate::ggml::init();
         let start = Instant::now();
+        add_rpc_servers(&opts.rpc)?;
         let device = find_device(opts.device.as_deref())?;
         let file = Arc::new(GgufFile::open(&opts.llm)?);
         let tokenizer = Tokenizer::from_gguf(&file)?;

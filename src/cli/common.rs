@@ -23,9 +23,15 @@ pub struct ModelArgs {
     /// Vision model GGUF (SigLIP and projector), needed for --video and --image.
     #[arg(long, value_name = "GGUF")]
     pub mmproj: Option<PathBuf>,
-    /// Compute device: `cpu`, or a GPU of a build with the cuda/metal/vulkan feature.
+    /// Compute device: `cpu`, a GPU of a build with the cuda/metal/vulkan feature, or a device of an
+    /// --rpc server (`rpc0` for the first).
     #[arg(long, value_name = "NAME", default_value = "cpu")]
     pub device: String,
+    /// Add the devices of `dycoke rpc-server` (or llama.cpp `rpc-server`) processes, comma-separated;
+    /// the first server's device is `rpc0`. The protocol has no authentication: use servers on
+    /// loopback or a trusted network only.
+    #[arg(long, value_name = "HOST:PORT[,...]", value_delimiter = ',')]
+    pub rpc: Vec<String>,
     /// Layers to offload to the GPU (llama.cpp's -ngl); no effect on the CPU.
     #[arg(long = "n-gpu-layers", visible_alias = "ngl", value_name = "N", default_value_t = 0)]
     pub gpu_layers: usize,
@@ -55,7 +61,7 @@ impl ModelArgs {
             }
         };
         let vision_type = VisionType::parse(&self.vision_type)?;
-        Ok(ModelOptions { llm: path, mmproj: self.mmproj.clone(), device: Some(self.device.clone()), gpu_layers: self.gpu_layers, repack: !self.no_repack, vision_type })
+        Ok(ModelOptions { llm: path, mmproj: self.mmproj.clone(), device: Some(self.device.clone()), rpc: self.rpc.clone(), gpu_layers: self.gpu_layers, repack: !self.no_repack, vision_type })
     }
 }
 

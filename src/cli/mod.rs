@@ -8,6 +8,7 @@ mod common;
 mod compress;
 mod info;
 mod media;
+mod rpc_server;
 mod run;
 mod serve;
 
@@ -40,6 +41,9 @@ enum Command {
     Batch(batch::BatchArgs),
     /// Serve the model over HTTP: an OpenAI-compatible API (chat completions with video) and a chat page.
     Serve(serve::ServeArgs),
+    /// Serve this machine's device to `--rpc` clients over ggml's RPC protocol (NO AUTHENTICATION:
+    /// loopback by default; see SECURITY.md).
+    RpcServer(rpc_server::RpcServerArgs),
     /// Print a GGUF file's metadata and tensors.
     Info(info::InfoArgs),
     /// Measure speed against a baseline in the same run.
@@ -104,6 +108,7 @@ pub fn run(cli: Cli) -> dycoke::Result<()> {
         Command::Chat(a) => chat::run(a),
         Command::Batch(a) => batch::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::RpcServer(a) => rpc_server::run(a),
         Command::Info(a) => info::run(a),
         Command::Bench(b) => bench::run(b),
     }
