@@ -1,0 +1,52 @@
+//! `dycoke rpc-server` processes on free loopback ports, for the RPC tests.
+
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct RpcServer {
+    child: Child,
+    /// `127.0.0.1:PORT`
+    pub endpoint: String,
+}
+
+impl RpcServer {
+    /// Starts a server on a free port (a port the OS just gave out and released; another is tried
+    /// when something else took it meanwhile) and waits until it accepts connections. The server
+    /// exits when this value is dropped or the test process dies (it watches its stdin).
+    pub fn start() -> RpcServer {
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let mut child = Command::new(env!("CARGO_BIN_EXE_dycoke"))
+                .args(["rpc-server", "--port", &port.to_string(), "-t", "2", "--exit-on-stdin-close"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start dycoke rpc-server");
+            let endpoint = format!("127.0.0.1:{port}");
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(30) {
+                if child.try_wait().unwrap().is_some() {
+                    break; // the port was taken: try another
+                }
+                // A bare connection that closes at once: the server drops it and accepts the next.
+                if TcpStream::connect(&endpoint).is_ok() && child.try_wait().unwrap().is_none() {
+                    return RpcServer { child, endpoint };
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("dycoke rpc-server did not start on any of 5 free ports");
+    }
+
+}
+
+impl Drop for RpcServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

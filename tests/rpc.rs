@@ -1,0 +1,186 @@
+//! ggml's RPC backend on loopback: `dycoke rpc-server` processes started by the tests, the Qwen2
+//! LLM placed on their devices (whose memory is not this process's) against the same model on the
+//! CPU, and the errors a client gets from addresses that do not lead to a usable server.
+//!
+//! Tolerance: the prompt's last logits within 1e-3 of their standard deviation (max abs difference)
+//! and identical greedy tokens, against the CPU with the weights in ggml's plain layout. The server
+//! computes with the same CPU kernels on the plain layout (an RPC buffer is not the CPU's, so
+//! nothing is repacked there) and the scheduler copies activations between the processes exactly,
+//! so in practice they agree to the bit (every case here measured 0). The local CPU's repacked layouts (the default) multiply
+//! with another summation order and other activation blocks, which on the random Q4_K model moves
+//! the logits by about 5e-2 of their spread: that is a property of the CPU's repacking, measured by
+//! the tests of the weights, not of RPC.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use common::rpc::RpcServer;
+use common::{argmax, max_abs_diff, std_dev};
+use dycoke::ggml::{Device, GgmlType};
+use dycoke::gguf::GgufFile;
+use dycoke::llm::qwen2::Qwen2;
+use dycoke::llm::{LlmContext, LlmOptions, Segment};
+use dycoke::tokenizer::Tokenizer;
+use dycoke::weights::Placement;
+
+const THREADS: usize = 2;
+const GREEDY: usize = 12;
+const LOGIT_TOLERANCE: f64 = 1e-3;
+
+/// Two servers for the whole test binary, their devices added to this process.
+fn servers() -> &'static [(RpcServer, Device); 2] {
+    static SERVERS: OnceLock<[(RpcServer, Device); 2]> = OnceLock::new();
+    SERVERS.get_or_init(|| {
+        let start = || {
+            let server = RpcServer::start();
+            let names = dycoke::model::add_rpc_servers(std::slice::from_ref(&server.endpoint)).expect("the RPC server answers");
+            assert_eq!(names.len(), 1, "one device per server: {names:?}");
+            let device = Device::by_name(&names[0]).expect("the added device is listed");
+            assert_eq!(device.description(), server.endpoint, "ggml describes an RPC device by its endpoint");
+            (server, device)
+        };
+        [start(), start()]
+    })
+}
+
+fn prompt(tok: &Tokenizer) -> Vec<u32> {
+    tok.encode("<|im_start|>user\nName three colours of the rainbow.<|im_end|>\n<|im_start|>assistant\n", false, true)
+}
+
+/// The prompt's last logits and GREEDY greedy tokens, with the weights placed by `placement` and
+/// the KV cache on `device`.
+fn answer(path: &Path, placement: Placement, device: Device) -> (Vec<f32>, Vec<usize>) {
+    let file = Arc::new(GgufFile::open(path).unwrap());
+    let tok = Tokenizer::from_gguf(&file).unwrap();
+    let model = Arc::new(Qwen2::load(file, placement).unwrap());
+    let prompt = prompt(&tok);
+    let mut ctx = LlmContext::new(model, &LlmOptions { device, ..LlmOptions::new(512, THREADS) }).unwrap();
+    let logits = ctx.eval(&[Segment::Tokens(&prompt)]).unwrap().to_vec();
+    let mut tokens = vec![argmax(&logits)];
+    for _ in 1..GREEDY {
+        let next = argmax(ctx.eval(&[Segment::Tokens(&[*tokens.last().unwrap() as u32])]).unwrap());
+        tokens.push(next);
+    }
+    (logits, tokens)
+}
+
+fn assert_same(path: &Path, what: &str, cpu: &(Vec<f32>, Vec<usize>), other: &(Vec<f32>, Vec<usize>)) {
+    let rel = f64::from(max_abs_diff(&cpu.0, &other.0)) / std_dev(&cpu.0);
+    eprintln!("{} {what}: logits max diff / std {rel:.2e}", path.display());
+    assert!(rel <= LOGIT_TOLERANCE, "{} {what}: logits differ by {rel:.3e} of their spread", path.display());
+    assert_eq!(cpu.1, other.1, "{} {what}: greedy tokens differ", path.display());
+}
+
+fn check_model(path: &Path, n_layer: usize) {
+    let [(_, rpc0), (_, rpc1)] = servers();
+    let cpu = answer(path, Placement { repack: false, ..Placement::cpu() }, Device::cpu());
+    let all = answer(path, Placement { device: *rpc0, gpu_layers: 99, repack: false }, *rpc0);
+    assert_same(path, "all layers on an RPC device", &cpu, &all);
+    // Half the layers on the second server, the rest (and the output) on the local CPU.
+    let half = answer(path, Placement { device: *rpc1, gpu_layers: n_layer / 2, repack: false }, *rpc1);
+    assert_same(path, "half the layers on an RPC device", &cpu, &half);
+}
+
+#[test]
+fn the_llm_on_rpc_devices_matches_the_cpu() {
+    for ty in [GgmlType::F16, GgmlType::Q4K] {
+        check_model(&common::random_model(ty), gguf_tools::random::Qwen2Spec::default().n_layer);
+    }
+    if let Some(real) = common::real_model() {
+        check_model(&real, 24);
+    }
+}
+
+/// `dycoke run --rpc ENDPOINT --device rpc0` on the random model: its exit status and stderr, and
+/// how long it took.
+fn run_with_rpc(endpoint: &str) -> (bool, String, Duration) {
+    let model = common::random_model(GgmlType::F16);
+    let start = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_dycoke"))
+        .args(["run", "-m"])
+        .arg(&model)
+        .args(["--rpc", endpoint, "--device", "rpc0", "-ngl", "99", "-n", "2", "-p", "hi"])
+        .output()
+        .expect("run dycoke");
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned(), start.elapsed())
+}
+
+#[test]
+fn unusable_servers_are_clear_errors() {
+    let free = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // Accepts connections (the kernel does) but never answers.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let cases = [
+        (format!("127.0.0.1:{free}"), "cannot connect"),
+        (format!("127.0.0.1:{silent_port}"), "did not complete the handshake"),
+        ("127.0.0.1".to_string(), "bad RPC endpoint"),
+        ("127.0.0.1:99999".to_string(), "bad RPC endpoint"),
+        ("host.invalid:50052".to_string(), "cannot resolve"),
+    ];
+    for (endpoint, expected) in cases {
+        let (ok, stderr, took) = run_with_rpc(&endpoint);
+        assert!(!ok, "--rpc {endpoint} succeeded");
+        assert!(stderr.contains(expected), "--rpc {endpoint}: expected {expected:?} in:\n{stderr}");
+        assert!(!stderr.contains("GGML_ASSERT") && !stderr.contains("panicked"), "--rpc {endpoint}:\n{stderr}");
+        assert!(took < Duration::from_secs(20), "--rpc {endpoint} took {took:?}");
+    }
+    drop(silent);
+}
+
+#[test]
+fn a_device_name_outside_the_servers_lists_them() {
+    let [(server, _), _] = servers();
+    let out = Command::new(env!("CARGO_BIN_EXE_dycoke"))
+        .args(["run", "-m"])
+        .arg(common::random_model(GgmlType::F16))
+        .args(["--rpc", &server.endpoint, "--device", "rpc5", "-n", "2", "-p", "hi"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("rpc5") && stderr.contains("cpu, rpc0"), "{stderr}");
+}
+
+#[test]
+fn the_cli_answers_on_an_rpc_device_as_on_the_cpu() {
+    let [(server, _), _] = servers();
+    let model = common::random_model(GgmlType::Q8_0);
+    let run = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_dycoke"))
+            .args(["run", "-m"])
+            .arg(&model)
+            .args(["-n", "8", "-t", "2", "--ignore-eos", "-p", "colours"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        out.stdout
+    };
+    let cpu = run(&[]);
+    let rpc = run(&["--rpc", &server.endpoint, "--device", "rpc0", "-ngl", "99"]);
+    assert_eq!(String::from_utf8_lossy(&cpu), String::from_utf8_lossy(&rpc));
+}
+
+#[test]
+fn the_server_rejects_bad_settings_before_serving() {
+    let dycoke = env!("CARGO_BIN_EXE_dycoke");
+    for (args, expected) in [
+        (vec!["--host", "localhost"], "IPv4"),
+        (vec!["--port", "0"], "bad RPC endpoint"),
+        (vec!["-t", "0"], "thread"),
+        (vec!["--device", "nonesuch"], "nonesuch"),
+    ] {
+        let out = Command::new(dycoke).arg("rpc-server").args(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} served");
+        assert!(stderr.contains(expected), "{args:?}: expected {expected:?} in {stderr}");
+    }
+    let help = Command::new(dycoke).args(["rpc-server", "--help"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("NO AUTHENTICATION"));
+}
