@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use common::rpc::RpcServer;
 use common::{argmax, max_abs_diff, std_dev};
-use dycoke::ggml::{Device, GgmlType};
+use dycoke::ggml::{Device, DeviceKind, GgmlType};
 use dycoke::gguf::GgufFile;
 use dycoke::llm::qwen2::Qwen2;
 use dycoke::llm::{LlmContext, LlmOptions, Segment};
@@ -32,7 +32,8 @@ const THREADS: usize = 2;
 const GREEDY: usize = 12;
 const LOGIT_TOLERANCE: f64 = 1e-3;
 
-/// Two servers for the whole test binary, their devices added to this process.
+/// Two servers for the whole test binary, their devices added to this process. A server serves one
+/// client process at a time, so the tests that run `dycoke` processes start servers of their own.
 fn servers() -> &'static [(RpcServer, Device); 2] {
     static SERVERS: OnceLock<[(RpcServer, Device); 2]> = OnceLock::new();
     SERVERS.get_or_init(|| {
@@ -58,6 +59,9 @@ fn answer(path: &Path, placement: Placement, device: Device) -> (Vec<f32>, Vec<u
     let file = Arc::new(GgufFile::open(path).unwrap());
     let tok = Tokenizer::from_gguf(&file).unwrap();
     let model = Arc::new(Qwen2::load(file, placement).unwrap());
+    let on_device = placement.gpu_layers > 0 && placement.device.kind() != DeviceKind::Cpu;
+    let remote = model.weights().matrices.iter().filter(|m| m.buffer.starts_with("RPC")).count();
+    assert_eq!(on_device, remote > 0, "matrices in RPC memory: {remote} ({:?})", model.weights().buffers);
     let prompt = prompt(&tok);
     let mut ctx = LlmContext::new(model, &LlmOptions { device, ..LlmOptions::new(512, THREADS) }).unwrap();
     let logits = ctx.eval(&[Segment::Tokens(&prompt)]).unwrap().to_vec();
@@ -135,7 +139,7 @@ fn unusable_servers_are_clear_errors() {
 
 #[test]
 fn a_device_name_outside_the_servers_lists_them() {
-    let [(server, _), _] = servers();
+    let server = RpcServer::start();
     let out = Command::new(env!("CARGO_BIN_EXE_dycoke"))
         .args(["run", "-m"])
         .arg(common::random_model(GgmlType::F16))
@@ -149,7 +153,7 @@ fn a_device_name_outside_the_servers_lists_them() {
 
 #[test]
 fn the_cli_answers_on_an_rpc_device_as_on_the_cpu() {
-    let [(server, _), _] = servers();
+    let server = RpcServer::start();
     let model = common::random_model(GgmlType::Q8_0);
     let run = |extra: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_dycoke"))
@@ -183,4 +187,58 @@ fn the_server_rejects_bad_settings_before_serving() {
     }
     let help = Command::new(dycoke).args(["rpc-server", "--help"]).output().unwrap();
     assert!(String::from_utf8_lossy(&help.stdout).contains("NO AUTHENTICATION"));
+}
+
+/// The LLaVA-OneVision fixture on the fixture video with DyCoke's defaults (TTM in the vision
+/// graph, pruning during decode), through `dycoke run` with `extra` options: (answer, logits after
+/// the prompt, the `--stats` object).
+fn ask_fixture_video(tag: &str, extra: &[&str]) -> (String, Vec<f32>, serde_json::Value) {
+    let (llm, mmproj) = common::llava::converted(GgmlType::F32);
+    let dump = common::scratch_dir().join(format!("rpc-{tag}.bin"));
+    let clip = common::llava::dir().join("clip.mp4");
+    let out = Command::new(env!("CARGO_BIN_EXE_dycoke"))
+        .args(["run", "-m"])
+        .arg(&llm)
+        .arg("--mmproj")
+        .arg(&mmproj)
+        .arg("--video")
+        .arg(&clip)
+        .args(["--frames", "8", "-p", "What happens in this video?", "-n", "24", "--ignore-eos", "-t", "2", "--no-repack", "--stats"])
+        .arg("--dump-logits")
+        .arg(&dump)
+        .args(extra)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{tag}: {stderr}");
+    let logits = std::fs::read(&dump).unwrap().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+    let stats = serde_json::from_str(stderr.lines().last().unwrap()).expect("--stats prints one JSON object last");
+    (String::from_utf8(out.stdout).unwrap(), logits, stats)
+}
+
+/// The vision tower, TTM, the KV cache and DyCoke's pruning all on an RPC device: the CPU's answer,
+/// its logits within the tolerance above, and the same compression counters (TTM dropped tokens,
+/// pruning ran at every step).
+#[test]
+fn a_dycoke_video_answer_on_an_rpc_device_matches_the_cpu() {
+    // Where the run below puts the vision tower: every matrix in the server's memory.
+    let [(_, rpc0), _] = servers();
+    let (_, mmproj) = common::llava::converted(GgmlType::F32);
+    let vision = dycoke::vision::VisionModel::load(&mmproj, Placement { device: *rpc0, gpu_layers: 99, repack: false }).unwrap();
+    let matrices = &vision.weights().matrices;
+    assert!(!matrices.is_empty() && matrices.iter().all(|m| m.buffer.starts_with("RPC")), "{:?}", vision.weights().buffers);
+
+    let server = RpcServer::start();
+    let cpu = ask_fixture_video("cpu", &[]);
+    let rpc = ask_fixture_video("rpc", &["--rpc", &server.endpoint, "--device", "rpc0", "-ngl", "99"]);
+    let rel = f64::from(max_abs_diff(&cpu.1, &rpc.1)) / std_dev(&cpu.1);
+    eprintln!("video on RPC: logits max diff / std {rel:.2e}; stats {}", rpc.2);
+    assert!(rel <= LOGIT_TOLERANCE, "logits differ by {rel:.3e} of their spread");
+    assert_eq!(cpu.0, rpc.0, "answers");
+    for key in ["visual_tokens_before_ttm", "visual_tokens_after_ttm", "decode_steps", "mean_kept_fraction"] {
+        assert_eq!(cpu.2[key], rpc.2[key], "{key}: {} vs {}", cpu.2, rpc.2);
+    }
+    assert!(rpc.2["visual_tokens_after_ttm"].as_u64() < rpc.2["visual_tokens_before_ttm"].as_u64(), "TTM dropped tokens: {}", rpc.2);
+    assert_eq!(rpc.2["decode_steps"], 23, "pruning ran at every step: {}", rpc.2);
+    assert!(rpc.2["mean_kept_fraction"].as_f64().unwrap() < 1.0, "pruning kept fewer rows: {}", rpc.2);
 }
