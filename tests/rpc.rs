@@ -191,8 +191,8 @@ fn the_server_rejects_bad_settings_before_serving() {
 
 /// The LLaVA-OneVision fixture on the fixture video with DyCoke's defaults (TTM in the vision
 /// graph, pruning during decode), through `dycoke run` with `extra` options: (answer, logits after
-/// the prompt, the `--stats` object).
-fn ask_fixture_video(tag: &str, extra: &[&str]) -> (String, Vec<f32>, serde_json::Value) {
+/// the prompt, the `--stats` object, stderr).
+fn ask_fixture_video(tag: &str, extra: &[&str]) -> (String, Vec<f32>, serde_json::Value, String) {
     let (llm, mmproj) = common::llava::converted(GgmlType::F32);
     let dump = common::scratch_dir().join(format!("rpc-{tag}.bin"));
     let clip = common::llava::dir().join("clip.mp4");
@@ -203,7 +203,7 @@ fn ask_fixture_video(tag: &str, extra: &[&str]) -> (String, Vec<f32>, serde_json
         .arg(&mmproj)
         .arg("--video")
         .arg(&clip)
-        .args(["--frames", "8", "-p", "What happens in this video?", "-n", "24", "--ignore-eos", "-t", "2", "--no-repack", "--stats"])
+        .args(["--frames", "8", "-p", "What happens in this video?", "-n", "24", "--ignore-eos", "-t", "2", "--no-repack", "--stats", "--timings"])
         .arg("--dump-logits")
         .arg(&dump)
         .args(extra)
@@ -213,7 +213,7 @@ fn ask_fixture_video(tag: &str, extra: &[&str]) -> (String, Vec<f32>, serde_json
     assert!(out.status.success(), "{tag}: {stderr}");
     let logits = std::fs::read(&dump).unwrap().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
     let stats = serde_json::from_str(stderr.lines().last().unwrap()).expect("--stats prints one JSON object last");
-    (String::from_utf8(out.stdout).unwrap(), logits, stats)
+    (String::from_utf8(out.stdout).unwrap(), logits, stats, stderr.into_owned())
 }
 
 /// The vision tower, TTM, the KV cache and DyCoke's pruning all on an RPC device: the CPU's answer,
@@ -229,16 +229,25 @@ fn a_dycoke_video_answer_on_an_rpc_device_matches_the_cpu() {
     assert!(!matrices.is_empty() && matrices.iter().all(|m| m.buffer.starts_with("RPC")), "{:?}", vision.weights().buffers);
 
     let server = RpcServer::start();
-    let cpu = ask_fixture_video("cpu", &[]);
-    let rpc = ask_fixture_video("rpc", &["--rpc", &server.endpoint, "--device", "rpc0", "-ngl", "99"]);
-    let rel = f64::from(max_abs_diff(&cpu.1, &rpc.1)) / std_dev(&cpu.1);
-    eprintln!("video on RPC: logits max diff / std {rel:.2e}; stats {}", rpc.2);
-    assert!(rel <= LOGIT_TOLERANCE, "logits differ by {rel:.3e} of their spread");
-    assert_eq!(cpu.0, rpc.0, "answers");
-    for key in ["visual_tokens_before_ttm", "visual_tokens_after_ttm", "decode_steps", "mean_kept_fraction"] {
-        assert_eq!(cpu.2[key], rpc.2[key], "{key}: {} vs {}", cpu.2, rpc.2);
+    // Also with temporal reuse, whose held keys and values live on the device between graphs.
+    for (tag, flags) in [("plain", &[][..]), ("reuse", &["--vision-reuse", "1:0.5"][..])] {
+        let cpu = ask_fixture_video(&format!("cpu-{tag}"), flags);
+        let rpc_flags = [flags, &["--rpc", &server.endpoint, "--device", "rpc0", "-ngl", "99"]].concat();
+        let rpc = ask_fixture_video(&format!("rpc-{tag}"), &rpc_flags);
+        let rel = f64::from(max_abs_diff(&cpu.1, &rpc.1)) / std_dev(&cpu.1);
+        eprintln!("video on RPC ({tag}): logits max diff / std {rel:.2e}; stats {}", rpc.2);
+        assert!(rel <= LOGIT_TOLERANCE, "{tag}: logits differ by {rel:.3e} of their spread");
+        assert_eq!(cpu.0, rpc.0, "{tag}: answers");
+        for key in ["visual_tokens_before_ttm", "visual_tokens_after_ttm", "decode_steps", "mean_kept_fraction"] {
+            assert_eq!(cpu.2[key], rpc.2[key], "{tag}: {key}: {} vs {}", cpu.2, rpc.2);
+        }
+        assert!(rpc.2["visual_tokens_after_ttm"].as_u64() < rpc.2["visual_tokens_before_ttm"].as_u64(), "TTM dropped tokens: {}", rpc.2);
+        assert_eq!(rpc.2["decode_steps"], 23, "pruning ran at every step: {}", rpc.2);
+        assert!(rpc.2["mean_kept_fraction"].as_f64().unwrap() < 1.0, "pruning kept fewer rows: {}", rpc.2);
+        if tag == "reuse" {
+            let skipped = |err: &str| err.lines().find(|l| l.contains("temporal reuse skipped")).map(str::to_string);
+            assert_eq!(skipped(&cpu.3), skipped(&rpc.3), "the same tower work skipped");
+            assert!(skipped(&rpc.3).is_some_and(|l| !l.contains("skipped 0.0%")), "temporal reuse skipped work:\n{}", rpc.3);
+        }
     }
-    assert!(rpc.2["visual_tokens_after_ttm"].as_u64() < rpc.2["visual_tokens_before_ttm"].as_u64(), "TTM dropped tokens: {}", rpc.2);
-    assert_eq!(rpc.2["decode_steps"], 23, "pruning ran at every step: {}", rpc.2);
-    assert!(rpc.2["mean_kept_fraction"].as_f64().unwrap() < 1.0, "pruning kept fewer rows: {}", rpc.2);
 }
