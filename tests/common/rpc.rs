@@ -15,6 +15,11 @@ impl RpcServer {
     /// when something else took it meanwhile) and waits until it accepts connections. The server
     /// exits when this value is dropped or the test process dies (it watches its stdin).
     pub fn start() -> RpcServer {
+        // One start at a time in this process: a port given out again before the first server
+        // bound it would let two servers race for it, and the loser's check below would see the
+        // winner listening.
+        static STARTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = STARTING.lock().unwrap_or_else(|e| e.into_inner());
         for _ in 0..5 {
             let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
             let mut child = Command::new(env!("CARGO_BIN_EXE_dycoke"))
@@ -31,8 +36,14 @@ impl RpcServer {
                     break; // the port was taken: try another
                 }
                 // A bare connection that closes at once: the server drops it and accepts the next.
-                if TcpStream::connect(&endpoint).is_ok() && child.try_wait().unwrap().is_none() {
-                    return RpcServer { child, endpoint };
+                // Then the server must still be running (a server that lost the port to another
+                // process exits at once, and the connection went to that process).
+                if TcpStream::connect(&endpoint).is_ok() {
+                    std::thread::sleep(Duration::from_millis(200));
+                    if child.try_wait().unwrap().is_none() {
+                        return RpcServer { child, endpoint };
+                    }
+                    break;
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
