@@ -251,3 +251,25 @@ fn a_dycoke_video_answer_on_an_rpc_device_matches_the_cpu() {
         }
     }
 }
+
+/// A server that cannot allocate the weights (its address space limited to 300 MB, less than the
+/// real model's 374 MB of weights) makes loading fail with an error naming the device and the
+/// size, not an abort. Needs the real model and `prlimit` (util-linux); skipped without them.
+#[test]
+fn a_server_without_memory_is_a_clear_error() {
+    let Some(real) = common::real_model() else { return };
+    if Command::new("prlimit").arg("--version").output().is_err() {
+        eprintln!("skipped: prlimit not found");
+        return;
+    }
+    let server = RpcServer::start_under(&["prlimit", "--as=300000000"]);
+    let out = Command::new(env!("CARGO_BIN_EXE_dycoke"))
+        .args(["run", "-m"])
+        .arg(&real)
+        .args(["--rpc", &server.endpoint, "--device", "rpc0", "-ngl", "99", "-n", "2", "-p", "hi"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("could not allocate") && stderr.contains("RPC0"), "{stderr}");
+}

@@ -15,6 +15,12 @@ impl RpcServer {
     /// when something else took it meanwhile) and waits until it accepts connections. The server
     /// exits when this value is dropped or the test process dies (it watches its stdin).
     pub fn start() -> RpcServer {
+        RpcServer::start_under(&[])
+    }
+
+    /// `start`, with the server run by `wrapper` (a program and its arguments, such as `prlimit`
+    /// with a memory limit) when it is not empty.
+    pub fn start_under(wrapper: &[&str]) -> RpcServer {
         // One start at a time in this process: a port given out again before the first server
         // bound it would let two servers race for it, and the loser's check below would see the
         // winner listening.
@@ -22,7 +28,16 @@ impl RpcServer {
         let _one = STARTING.lock().unwrap_or_else(|e| e.into_inner());
         for _ in 0..5 {
             let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-            let mut child = Command::new(env!("CARGO_BIN_EXE_dycoke"))
+            let dycoke = env!("CARGO_BIN_EXE_dycoke");
+            let mut command = match wrapper.split_first() {
+                Some((program, args)) => {
+                    let mut c = Command::new(program);
+                    c.args(args).arg(dycoke);
+                    c
+                }
+                None => Command::new(dycoke),
+            };
+            let mut child = command
                 .args(["rpc-server", "--port", &port.to_string(), "-t", "2", "--exit-on-stdin-close"])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::null())
