@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Setting};
 use crate::ggml::{Device, DeviceKind};
 use crate::gguf::GgufFile;
 use crate::llm::qwen2::Qwen2;
@@ -21,7 +21,9 @@ pub struct ModelOptions {
     /// The vision model GGUF (mmproj, architecture `clip`), for videos and images.
     pub mmproj: Option<PathBuf>,
     /// `cpu` (default), a GPU device name of a build with a GPU feature, or a device of an RPC
-    /// server of `rpc` (`rpc0`, ...; see `devices()`).
+    /// server of `rpc` (`rpc0`, ...; see `devices()`). A comma-separated list of such devices
+    /// divides the `gpu_layers` layers into equal runs over them, in order (the first holds the
+    /// embeddings, the output, the vision tower and the KV cache).
     pub device: Option<String>,
     /// RPC servers (`HOST:PORT`, see `ggml::rpc`) whose devices are added before `device` is
     /// looked up. Each is checked to answer first; the first is `rpc0`.
@@ -56,6 +58,25 @@ pub fn add_rpc_servers(endpoints: &[String]) -> Result<Vec<String>> {
     Ok(names)
 }
 
+/// Resolves `ModelOptions::device`: one device, or a list of offload devices (the first, and the
+/// others).
+fn find_devices(names: Option<&str>) -> Result<(Device, Vec<Device>)> {
+    let Some(list) = names.filter(|n| n.contains(',')) else { return Ok((find_device(names)?, Vec::new())) };
+    let mut devices = Vec::new();
+    for name in list.split(',').map(str::trim) {
+        let d = find_device(Some(name))?;
+        if d.kind() == DeviceKind::Cpu {
+            return Err(Error::setting(Setting::Device, format!("{list:?}: a list names offload devices only (the CPU runs the rest)")));
+        }
+        if devices.contains(&d) {
+            return Err(Error::setting(Setting::Device, format!("{list:?} names {name} twice")));
+        }
+        devices.push(d);
+    }
+    let first = devices.remove(0);
+    Ok((first, devices))
+}
+
 /// Resolves a device name (`cpu`, `cuda0`, `rpc0`, ...).
 pub fn find_device(name: Option<&str>) -> Result<Device> {
     match name {
@@ -72,6 +93,7 @@ pub struct Model {
     vision: Option<Arc<VisionModel>>,
     tokenizer: Tokenizer,
     device: Device,
+    split: Vec<Device>,
     load_time: Duration,
 }
 
@@ -80,11 +102,14 @@ impl Model {
         crate::ggml::init();
         let start = Instant::now();
         add_rpc_servers(&opts.rpc)?;
-        let device = find_device(opts.device.as_deref())?;
+        let (device, split) = find_devices(opts.device.as_deref())?;
         let file = Arc::new(GgufFile::open(&opts.llm)?);
         let tokenizer = Tokenizer::from_gguf(&file)?;
-        let placement = Placement { device, gpu_layers: opts.gpu_layers, repack: opts.repack };
-        let llm = Arc::new(Qwen2::load(file.clone(), placement)?);
+        let placement = Placement { device, split: Vec::new(), gpu_layers: opts.gpu_layers, repack: opts.repack };
+        // Runs of layers are sized by the layers there are, not by a large -ngl.
+        let n_layer = crate::llm::qwen2::Qwen2Params::from_gguf(&file)?.n_layer;
+        let llm_placement = Placement { split: split.clone(), gpu_layers: opts.gpu_layers.min(n_layer), ..placement.clone() };
+        let llm = Arc::new(Qwen2::load(file.clone(), llm_placement)?);
         let n_vocab = llm.params().n_vocab;
         if tokenizer.n_vocab() > n_vocab {
             return Err(Error::Tokenizer(format!(
@@ -102,7 +127,7 @@ impl Model {
                 Some(v)
             }
         };
-        Ok(Arc::new(Model { llm, vision, tokenizer, device, load_time: start.elapsed() }))
+        Ok(Arc::new(Model { llm, vision, tokenizer, device, split, load_time: start.elapsed() }))
     }
 
     pub fn llm(&self) -> &Arc<Qwen2> {
@@ -120,6 +145,11 @@ impl Model {
 
     pub fn device(&self) -> Device {
         self.device
+    }
+
+    /// Further devices holding layers (see `ModelOptions::device`).
+    pub fn split_devices(&self) -> &[Device] {
+        &self.split
     }
 
     pub fn path(&self) -> &Path {

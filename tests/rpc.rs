@@ -54,16 +54,23 @@ fn prompt(tok: &Tokenizer) -> Vec<u32> {
 }
 
 /// The prompt's last logits and GREEDY greedy tokens, with the weights placed by `placement` and
-/// the KV cache on `device`.
-fn answer(path: &Path, placement: Placement, device: Device) -> (Vec<f32>, Vec<usize>) {
+/// the KV cache on its first device; each device of the placement must hold matrices.
+fn answer(path: &Path, placement: Placement) -> (Vec<f32>, Vec<usize>) {
     let file = Arc::new(GgufFile::open(path).unwrap());
     let tok = Tokenizer::from_gguf(&file).unwrap();
-    let model = Arc::new(Qwen2::load(file, placement).unwrap());
-    let on_device = placement.gpu_layers > 0 && placement.device.kind() != DeviceKind::Cpu;
-    let remote = model.weights().matrices.iter().filter(|m| m.buffer.starts_with("RPC")).count();
-    assert_eq!(on_device, remote > 0, "matrices in RPC memory: {remote} ({:?})", model.weights().buffers);
+    let model = Arc::new(Qwen2::load(file, placement.clone()).unwrap());
+    let matrices = &model.weights().matrices;
+    let offload = [&[placement.device][..], &placement.split].concat();
+    for d in offload.iter().filter(|d| placement.gpu_layers > 0 && d.kind() != DeviceKind::Cpu) {
+        // ggml names an RPC buffer type by the device's index on its server and the endpoint.
+        let endpoint = format!("[{}]", d.description());
+        assert!(matrices.iter().any(|m| m.buffer.ends_with(&endpoint)), "no matrix on {}: {:?}", d.name(), model.weights().buffers);
+    }
+    let local = matrices.iter().filter(|m| !m.buffer.starts_with("RPC")).count();
+    assert_eq!(local > 0, placement.gpu_layers < 99, "matrices in local memory: {local}");
     let prompt = prompt(&tok);
-    let mut ctx = LlmContext::new(model, &LlmOptions { device, ..LlmOptions::new(512, THREADS) }).unwrap();
+    let opts = LlmOptions { device: placement.device, split: placement.split.clone(), ..LlmOptions::new(512, THREADS) };
+    let mut ctx = LlmContext::new(model, &opts).unwrap();
     let logits = ctx.eval(&[Segment::Tokens(&prompt)]).unwrap().to_vec();
     let mut tokens = vec![argmax(&logits)];
     for _ in 1..GREEDY {
@@ -82,12 +89,15 @@ fn assert_same(path: &Path, what: &str, cpu: &(Vec<f32>, Vec<usize>), other: &(V
 
 fn check_model(path: &Path, n_layer: usize) {
     let [(_, rpc0), (_, rpc1)] = servers();
-    let cpu = answer(path, Placement { repack: false, ..Placement::cpu() }, Device::cpu());
-    let all = answer(path, Placement { device: *rpc0, gpu_layers: 99, repack: false }, *rpc0);
+    let cpu = answer(path, Placement { repack: false, ..Placement::cpu() });
+    let all = answer(path, Placement { device: *rpc0, split: Vec::new(), gpu_layers: 99, repack: false });
     assert_same(path, "all layers on an RPC device", &cpu, &all);
-    // Half the layers on the second server, the rest (and the output) on the local CPU.
-    let half = answer(path, Placement { device: *rpc1, gpu_layers: n_layer / 2, repack: false }, *rpc1);
+    // Half the layers on the second server, the rest on the local CPU.
+    let half = answer(path, Placement { device: *rpc1, split: Vec::new(), gpu_layers: n_layer / 2, repack: false });
     assert_same(path, "half the layers on an RPC device", &cpu, &half);
+    // A third of the layers on each server (`--device rpc0,rpc1 -ngl 2n/3`), the rest on the CPU.
+    let thirds = answer(path, Placement { device: *rpc0, split: vec![*rpc1], gpu_layers: n_layer * 2 / 3, repack: false });
+    assert_same(path, "layers split over the CPU and two RPC devices", &cpu, &thirds);
 }
 
 #[test]
@@ -140,15 +150,17 @@ fn unusable_servers_are_clear_errors() {
 #[test]
 fn a_device_name_outside_the_servers_lists_them() {
     let server = RpcServer::start();
-    let out = Command::new(env!("CARGO_BIN_EXE_dycoke"))
-        .args(["run", "-m"])
-        .arg(common::random_model(GgmlType::F16))
-        .args(["--rpc", &server.endpoint, "--device", "rpc5", "-n", "2", "-p", "hi"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(stderr.contains("rpc5") && stderr.contains("cpu, rpc0"), "{stderr}");
+    for (device, expected) in [("rpc5", "cpu, rpc0"), ("rpc0,cpu", "offload devices only"), ("rpc0,rpc0", "twice"), ("rpc0,rpc9", "rpc9")] {
+        let out = Command::new(env!("CARGO_BIN_EXE_dycoke"))
+            .args(["run", "-m"])
+            .arg(common::random_model(GgmlType::F16))
+            .args(["--rpc", &server.endpoint, "--device", device, "-ngl", "99", "-n", "2", "-p", "hi"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "--device {device}: {stderr}");
+        assert!(stderr.contains(expected), "--device {device}: expected {expected:?} in {stderr}");
+    }
 }
 
 #[test]
@@ -224,7 +236,7 @@ fn a_dycoke_video_answer_on_an_rpc_device_matches_the_cpu() {
     // Where the run below puts the vision tower: every matrix in the server's memory.
     let [(_, rpc0), _] = servers();
     let (_, mmproj) = common::llava::converted(GgmlType::F32);
-    let vision = dycoke::vision::VisionModel::load(&mmproj, Placement { device: *rpc0, gpu_layers: 99, repack: false }).unwrap();
+    let vision = dycoke::vision::VisionModel::load(&mmproj, Placement { device: *rpc0, split: Vec::new(), gpu_layers: 99, repack: false }).unwrap();
     let matrices = &vision.weights().matrices;
     assert!(!matrices.is_empty() && matrices.iter().all(|m| m.buffer.starts_with("RPC")), "{:?}", vision.weights().buffers);
 

@@ -24,7 +24,8 @@ pub struct ModelArgs {
     #[arg(long, value_name = "GGUF")]
     pub mmproj: Option<PathBuf>,
     /// Compute device: `cpu`, a GPU of a build with the cuda/metal/vulkan feature, or a device of an
-    /// --rpc server (`rpc0` for the first).
+    /// --rpc server (`rpc0` for the first). A list (`rpc0,rpc1`) divides the -ngl layers into equal
+    /// runs over those devices; the CPU runs the rest.
     #[arg(long, value_name = "NAME", default_value = "cpu")]
     pub device: String,
     /// Add the devices of `dycoke rpc-server` (or llama.cpp `rpc-server`) processes, comma-separated;

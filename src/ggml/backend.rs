@@ -17,7 +17,7 @@ fn cstr(p: *const c_char) -> String {
 }
 
 /// A compute device known to ggml (the CPU, or a GPU when built with its feature).
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Device {
     ptr: sys::ggml_backend_dev_t,
 }
@@ -370,8 +370,13 @@ impl Scheduler {
     /// The engine's setup: a backend on `device` first when it is not the CPU, then the CPU backend
     /// (`n_threads` threads), which runs what the device cannot and the custom operations.
     pub fn for_device(device: Device, n_threads: usize, max_graph_nodes: usize) -> Result<Scheduler, DeviceError> {
+        Scheduler::for_devices(&[device], n_threads, max_graph_nodes)
+    }
+
+    /// `for_device` with several devices (layers split over them), in priority order.
+    pub fn for_devices(devices: &[Device], n_threads: usize, max_graph_nodes: usize) -> Result<Scheduler, DeviceError> {
         let mut backends = Vec::new();
-        if device.kind() != DeviceKind::Cpu {
+        for &device in devices.iter().filter(|d| d.kind() != DeviceKind::Cpu) {
             backends.push(Backend::new(device, n_threads).ok_or_else(|| DeviceError::new(device))?);
         }
         let cpu = Device::cpu();
