@@ -90,6 +90,12 @@ typedef struct DycokeModelParams {
    * "bf16", "q8_0", "q4_0", ... (converted once at load). Unknown: DYCOKE_STATUS_INVALID_ARGUMENT.
    */
   const char *vision_type;
+  /**
+   * RPC servers ("HOST:PORT", comma-separated) whose devices are added before `device` is looked
+   * up ("rpc0" is the first server's); NULL or "" for none. The protocol has no authentication:
+   * use servers on loopback or a trusted network. An unusable server is DYCOKE_STATUS_IO.
+   */
+  const char *rpc_servers;
 } DycokeModelParams;
 
 /**

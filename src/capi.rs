@@ -75,6 +75,10 @@ pub struct DycokeModelParams {
     /// F16 and BF16 widened to F32 where ggml runs AVX-512, others as stored), or "f32", "f16",
     /// "bf16", "q8_0", "q4_0", ... (converted once at load). Unknown: DYCOKE_STATUS_INVALID_ARGUMENT.
     pub vision_type: *const c_char,
+    /// RPC servers ("HOST:PORT", comma-separated) whose devices are added before `device` is looked
+    /// up ("rpc0" is the first server's); NULL or "" for none. The protocol has no authentication:
+    /// use servers on loopback or a trusted network. An unusable server is DYCOKE_STATUS_IO.
+    pub rpc_servers: *const c_char,
 }
 
 /// A session's settings (`dycoke_session_default_params()` fills the defaults).
@@ -172,7 +176,7 @@ fn set_error(message: &str) {
 fn status_of(e: &Error) -> DycokeStatus {
     match e {
         Error::Setting { .. } | Error::InvalidArgument { .. } | Error::NoVisionModel | Error::Prompt(_) | Error::Device { .. } => DycokeStatus::InvalidArgument,
-        Error::Io { .. } | Error::Gguf(crate::gguf::Error { kind: crate::gguf::GgufError::Io(_), .. }) => DycokeStatus::Io,
+        Error::Io { .. } | Error::Rpc(_) | Error::Gguf(crate::gguf::Error { kind: crate::gguf::GgufError::Io(_), .. }) => DycokeStatus::Io,
         Error::Gguf(_) | Error::Tokenizer(_) | Error::Template(_) | Error::VisionMismatch { .. } => DycokeStatus::BadModel,
         Error::Media { .. } => DycokeStatus::BadMedia,
         Error::ContextOverflow { .. } => DycokeStatus::ContextFull,
@@ -237,6 +241,7 @@ fn describe(e: &Error) -> String {
         Error::Setting { setting, problem } => format!("{}: {setting} {problem}", field(*setting)),
         Error::NoVisionModel => "videos and images need a vision model: load the model with mmproj_path set".into(),
         Error::ContextOverflow { .. } => format!("{e}; open the session with a larger n_ctx"),
+        Error::Rpc(_) => format!("rpc_servers: {e}"),
         _ => e.to_string(),
     }
 }
@@ -275,7 +280,7 @@ pub extern "C" fn dycoke_last_error() -> *const c_char {
 
 #[no_mangle]
 pub extern "C" fn dycoke_model_default_params() -> DycokeModelParams {
-    DycokeModelParams { mmproj_path: std::ptr::null(), device: std::ptr::null(), gpu_layers: 0, vision_type: std::ptr::null() }
+    DycokeModelParams { mmproj_path: std::ptr::null(), device: std::ptr::null(), gpu_layers: 0, vision_type: std::ptr::null(), rpc_servers: std::ptr::null() }
 }
 
 #[no_mangle]
@@ -323,7 +328,11 @@ pub unsafe extern "C" fn dycoke_model_load(llm_path: *const c_char, params: *con
         let device = unsafe { optional_str(params.device, "device") }?.map(str::to_string);
         // SAFETY: as documented.
         let vision_type = unsafe { optional_str(params.vision_type, "vision_type") }?.map_or(Ok(VisionType::Auto), VisionType::parse)?;
-        let model = Model::load(&ModelOptions { mmproj, device, gpu_layers: params.gpu_layers as usize, vision_type, ..ModelOptions::new(llm) })?;
+        // SAFETY: as documented.
+        let rpc = unsafe { optional_str(params.rpc_servers, "rpc_servers") }?
+            .map(|list| list.split(',').map(str::trim).filter(|e| !e.is_empty()).map(str::to_string).collect())
+            .unwrap_or_default();
+        let model = Model::load(&ModelOptions { mmproj, device, rpc, gpu_layers: params.gpu_layers as usize, vision_type, ..ModelOptions::new(llm) })?;
         let handle = Box::into_raw(Box::new(DycokeModel { model }));
         // SAFETY: checked for NULL above.
         unsafe { *out = handle };

@@ -131,6 +131,10 @@ pub enum Error {
     #[error("device {name:?} is not available (this build has: {available})")]
     Device { name: String, available: String },
 
+    /// An RPC server cannot be used (a bad address, no answer, another protocol version).
+    #[error(transparent)]
+    Rpc(#[from] crate::ggml::rpc::RpcError),
+
     /// ggml could not allocate or compute (out of memory, backend failure).
     #[error("compute: {0}")]
     Compute(#[from] crate::ggml::ComputeError),

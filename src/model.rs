@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Setting};
 use crate::ggml::{Device, DeviceKind};
 use crate::gguf::GgufFile;
 use crate::llm::qwen2::Qwen2;
@@ -20,8 +20,14 @@ pub struct ModelOptions {
     pub llm: PathBuf,
     /// The vision model GGUF (mmproj, architecture `clip`), for videos and images.
     pub mmproj: Option<PathBuf>,
-    /// `cpu` (default) or a GPU device name of a build with a GPU feature (see `devices()`).
+    /// `cpu` (default), a GPU device name of a build with a GPU feature, or a device of an RPC
+    /// server of `rpc` (`rpc0`, ...; see `devices()`). A comma-separated list of such devices
+    /// divides the `gpu_layers` layers into equal runs over them, in order (the first holds the
+    /// embeddings, the output, the vision tower and the KV cache).
     pub device: Option<String>,
+    /// RPC servers (`HOST:PORT`, see `ggml::rpc`) whose devices are added before `device` is
+    /// looked up. Each is checked to answer first; the first is `rpc0`.
+    pub rpc: Vec<String>,
     /// Layers to place on the GPU (ignored on the CPU).
     pub gpu_layers: usize,
     /// Repack matrices into the CPU's faster layouts (llama.cpp does by default).
@@ -33,7 +39,7 @@ pub struct ModelOptions {
 
 impl ModelOptions {
     pub fn new(llm: impl Into<PathBuf>) -> ModelOptions {
-        ModelOptions { llm: llm.into(), mmproj: None, device: None, gpu_layers: 0, repack: true, vision_type: VisionType::Auto }
+        ModelOptions { llm: llm.into(), mmproj: None, device: None, rpc: Vec::new(), gpu_layers: 0, repack: true, vision_type: VisionType::Auto }
     }
 }
 
@@ -42,7 +48,36 @@ pub fn devices() -> Vec<String> {
     Device::all().iter().map(|d| d.name().to_ascii_lowercase()).collect()
 }
 
-/// Resolves a device name (`cpu`, `cuda0`, ...).
+/// Adds the devices of each RPC server (`HOST:PORT`) to this process's devices; returns their names.
+pub fn add_rpc_servers(endpoints: &[String]) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for e in endpoints {
+        let endpoint = crate::ggml::rpc::Endpoint::parse(e)?;
+        names.extend(crate::ggml::rpc::add_server(&endpoint)?.iter().map(|d| d.name().to_ascii_lowercase()));
+    }
+    Ok(names)
+}
+
+/// Resolves `ModelOptions::device`: one device, or a list of offload devices (the first, and the
+/// others).
+fn find_devices(names: Option<&str>) -> Result<(Device, Vec<Device>)> {
+    let Some(list) = names.filter(|n| n.contains(',')) else { return Ok((find_device(names)?, Vec::new())) };
+    let mut devices = Vec::new();
+    for name in list.split(',').map(str::trim) {
+        let d = find_device(Some(name))?;
+        if d.kind() == DeviceKind::Cpu {
+            return Err(Error::setting(Setting::Device, format!("{list:?}: a list names offload devices only (the CPU runs the rest)")));
+        }
+        if devices.contains(&d) {
+            return Err(Error::setting(Setting::Device, format!("{list:?} names {name} twice")));
+        }
+        devices.push(d);
+    }
+    let first = devices.remove(0);
+    Ok((first, devices))
+}
+
+/// Resolves a device name (`cpu`, `cuda0`, `rpc0`, ...).
 pub fn find_device(name: Option<&str>) -> Result<Device> {
     match name {
         None => Ok(Device::cpu()),
@@ -58,6 +93,7 @@ pub struct Model {
     vision: Option<Arc<VisionModel>>,
     tokenizer: Tokenizer,
     device: Device,
+    split: Vec<Device>,
     load_time: Duration,
 }
 
@@ -65,11 +101,15 @@ impl Model {
     pub fn load(opts: &ModelOptions) -> Result<Arc<Model>> {
         crate::ggml::init();
         let start = Instant::now();
-        let device = find_device(opts.device.as_deref())?;
+        add_rpc_servers(&opts.rpc)?;
+        let (device, split) = find_devices(opts.device.as_deref())?;
         let file = Arc::new(GgufFile::open(&opts.llm)?);
         let tokenizer = Tokenizer::from_gguf(&file)?;
-        let placement = Placement { device, gpu_layers: opts.gpu_layers, repack: opts.repack };
-        let llm = Arc::new(Qwen2::load(file.clone(), placement)?);
+        let placement = Placement { device, split: Vec::new(), gpu_layers: opts.gpu_layers, repack: opts.repack };
+        // Runs of layers are sized by the layers there are, not by a large -ngl.
+        let n_layer = crate::llm::qwen2::Qwen2Params::from_gguf(&file)?.n_layer;
+        let llm_placement = Placement { split: split.clone(), gpu_layers: opts.gpu_layers.min(n_layer), ..placement.clone() };
+        let llm = Arc::new(Qwen2::load(file.clone(), llm_placement)?);
         let n_vocab = llm.params().n_vocab;
         if tokenizer.n_vocab() > n_vocab {
             return Err(Error::Tokenizer(format!(
@@ -87,7 +127,7 @@ impl Model {
                 Some(v)
             }
         };
-        Ok(Arc::new(Model { llm, vision, tokenizer, device, load_time: start.elapsed() }))
+        Ok(Arc::new(Model { llm, vision, tokenizer, device, split, load_time: start.elapsed() }))
     }
 
     pub fn llm(&self) -> &Arc<Qwen2> {
@@ -105,6 +145,11 @@ impl Model {
 
     pub fn device(&self) -> Device {
         self.device
+    }
+
+    /// Further devices holding layers (see `ModelOptions::device`).
+    pub fn split_devices(&self) -> &[Device] {
+        &self.split
     }
 
     pub fn path(&self) -> &Path {

@@ -146,7 +146,7 @@ impl Session {
     /// model's training context, batch, threads).
     pub fn new(model: Arc<Model>, opts: &SessionOptions) -> Result<Session> {
         let n_ctx = if opts.n_ctx == 0 { DEFAULT_CONTEXT.min(model.llm().params().n_ctx_train) } else { opts.n_ctx };
-        let llm_opts = LlmOptions { n_ctx, n_batch: opts.n_batch, n_threads: opts.n_threads, kv_type: opts.kv_type, device: model.device() };
+        let llm_opts = LlmOptions { n_ctx, n_batch: opts.n_batch, n_threads: opts.n_threads, kv_type: opts.kv_type, device: model.device(), split: model.split_devices().to_vec() };
         let llm = LlmContext::new(model.llm().clone(), &llm_opts)?;
         Ok(Session { model, llm, slots: Vec::new(), cancel: CancelToken::new() })
     }

@@ -27,10 +27,14 @@ pub enum WeightUse {
 }
 
 /// Where weights go.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Placement {
     pub device: Device,
-    /// Layers (numbered from 0) below this count go to `device` when it is a GPU.
+    /// More devices that share the offloaded layers with `device` (llama.cpp's `--device A,B`):
+    /// layers below `gpu_layers` are divided into equal runs over `device` and these, in order.
+    /// Weights outside layers (embeddings, output) stay on `device`.
+    pub split: Vec<Device>,
+    /// Layers (numbered from 0) below this count go to `device` (and `split`) when it is a GPU.
     pub gpu_layers: usize,
     /// Repack matrices into the CPU's faster layouts (costs a copy of those matrices).
     pub repack: bool,
@@ -38,7 +42,23 @@ pub struct Placement {
 
 impl Placement {
     pub fn cpu() -> Placement {
-        Placement { device: Device::cpu(), gpu_layers: 0, repack: true }
+        Placement { device: Device::cpu(), split: Vec::new(), gpu_layers: 0, repack: true }
+    }
+
+    /// The device that holds the weights of `layer` (None: weights outside layers), or None when
+    /// they stay on the CPU.
+    pub fn device_for(&self, layer: Option<usize>) -> Option<Device> {
+        if self.device.kind() == DeviceKind::Cpu {
+            return None;
+        }
+        match layer {
+            None => (self.gpu_layers > 0).then_some(self.device),
+            Some(l) if l < self.gpu_layers => {
+                let run = l * (1 + self.split.len()) / self.gpu_layers;
+                Some(if run == 0 { self.device } else { self.split[run - 1] })
+            }
+            Some(_) => None,
+        }
     }
 }
 
@@ -92,7 +112,8 @@ pub struct WeightLoader {
     host: Group,
     /// Copies on the CPU: repacked layouts, and converted matrices in plain CPU memory.
     copied: Vec<Group>,
-    device: Option<Group>,
+    /// Uploaded copies, one group per device.
+    devices: Vec<(Device, Group)>,
     convert: Option<MatrixTypeRule>,
     matrices: Vec<MatrixPlacement>,
 }
@@ -103,7 +124,7 @@ impl WeightLoader {
         let cpu = Device::cpu();
         let repack_types = if placement.repack { cpu.extra_buffer_types() } else { Vec::new() };
         let host = Group { buft: BufferType::cpu(), ctx: Context::new(n, 0), items: Vec::new() };
-        WeightLoader { file, placement, cpu, repack_types, host, copied: Vec::new(), device: None, convert: None, matrices: Vec::new() }
+        WeightLoader { file, placement, cpu, repack_types, host, copied: Vec::new(), devices: Vec::new(), convert: None, matrices: Vec::new() }
     }
 
     /// Matrices declared from now on are multiplied in `rule(stored type)`: where that differs from
@@ -131,16 +152,22 @@ impl WeightLoader {
     pub fn tensor(&mut self, name: &str, shape: &[u64], usage: WeightUse, layer: Option<usize>) -> Result<Tensor> {
         let info = self.file.require_tensor(name, shape)?.clone();
         self.check_type(&info, usage)?;
-        let on_gpu = self.placement.device.kind() != DeviceKind::Cpu
-            && layer.map_or(self.placement.gpu_layers > 0, |l| l < self.placement.gpu_layers);
+        let target = self.placement.device_for(layer);
+        let on_gpu = target.is_some();
         let ne: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
         let ty = self.matrix_type(&info, usage);
         // A converted matrix cannot point into the file: it gets CPU memory of its own.
         let copy_to = if on_gpu { None } else { self.repack_target(ty, &info, usage).or((ty != info.ty).then(BufferType::cpu)) };
         let n = self.file.tensors().len() + 8;
-        let group = if on_gpu {
-            let dev = self.placement.device;
-            self.device.get_or_insert_with(|| Group { buft: dev.buffer_type(), ctx: Context::new(n, 0), items: Vec::new() })
+        let group = if let Some(dev) = target {
+            let pos = match self.devices.iter().position(|(d, _)| *d == dev) {
+                Some(p) => p,
+                None => {
+                    self.devices.push((dev, Group { buft: dev.buffer_type(), ctx: Context::new(n, 0), items: Vec::new() }));
+                    self.devices.len() - 1
+                }
+            };
+            &mut self.devices[pos].1
         } else if let Some(buft) = copy_to {
             let pos = match self.copied.iter().position(|g| g.buft == buft) {
                 Some(p) => p,
@@ -200,7 +227,7 @@ impl WeightLoader {
 
     /// Allocates and fills every declared weight.
     pub fn finish(self) -> Result<WeightStore> {
-        let WeightLoader { file, host, copied, device, matrices, .. } = self;
+        let WeightLoader { file, host, copied, devices, matrices, .. } = self;
         let mut store = WeightStore { contexts: Vec::new(), copied_bytes: 0, mapped_bytes: 0, buffers: Vec::new(), matrices: Vec::new() };
 
         if !host.items.is_empty() {
@@ -219,7 +246,7 @@ impl WeightLoader {
             store.contexts.push(host.ctx);
         }
 
-        for group in copied.into_iter().chain(device) {
+        for group in copied.into_iter().chain(devices.into_iter().map(|(_, g)| g)) {
             let buffer = group.buft.alloc_context_tensors(&group.ctx).ok_or_else(|| {
                 file.error::<crate::gguf::Error>(GgufError::Io(std::io::Error::other(format!(
                     "could not allocate {} bytes of {} memory for the weights",

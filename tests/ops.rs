@@ -8,11 +8,16 @@
 //! where it is set, where ggml itself rounds an operand to a narrower type (F16, BF16, the 8-bit
 //! activation blocks of quantized products). Shapes are deliberately not multiples of SIMD widths.
 //!
+//! The devices are the build's, and the device of a `dycoke rpc-server` on loopback (ggml's RPC
+//! backend, whose memory is not this process's), started once for this test binary.
+//!
 //! Quantized weights come from ggml's own quantizer; the reference reads them back with decoders
 //! written here from the block layouts, and one case checks ggml's own decoding (the token embedding
 //! path) against them.
 
-use std::sync::Arc;
+mod common;
+
+use std::sync::{Arc, OnceLock};
 
 use dycoke::ggml::custom::{HostOp, OpInput, OpOutput};
 use dycoke::ggml::{BufferType, Context, Device, GgmlType, RopeParams, ScaleMode, Scheduler, Tensor, ROPE_TYPE_NEOX};
@@ -25,6 +30,16 @@ const NODES: usize = 64;
 
 /// Exact F32 arithmetic, at most reordered.
 const F32_EXACT: f64 = 1e-7;
+
+/// Every device of the build, and an RPC server's.
+fn devices() -> Vec<Device> {
+    static SERVER: OnceLock<common::rpc::RpcServer> = OnceLock::new();
+    let server = SERVER.get_or_init(common::rpc::RpcServer::start);
+    let rpc = dycoke::model::add_rpc_servers(std::slice::from_ref(&server.endpoint)).expect("the RPC server answers");
+    let all = Device::all();
+    assert!(rpc.iter().all(|name| all.iter().any(|d| d.name().eq_ignore_ascii_case(name))), "RPC devices {rpc:?} not among {all:?}");
+    all
+}
 
 // ---- running a graph ---------------------------------------------------------------------------
 
@@ -398,7 +413,7 @@ fn mul_mat_bound(ty: GgmlType) -> f64 {
 fn mul_mat_with_every_weight_type() {
     let mut failures = Vec::new();
     let types = [GgmlType::F32, GgmlType::F16, GgmlType::Bf16, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q4K, GgmlType::Q6K];
-    for device in Device::all() {
+    for device in devices() {
         for (ti, &ty) in types.iter().enumerate() {
             // Rows of 67 values for plain types (no SIMD width divides it), of a few blocks otherwise.
             let k = match ty.block_size() {
@@ -440,7 +455,7 @@ fn mul_mat_with_every_weight_type() {
 fn mul_mat_over_a_permuted_cache_view() {
     let mut failures = Vec::new();
     let (d, n_kv, n_head, n_head_kv) = (64usize, 45usize, 6usize, 2usize);
-    for device in Device::all() {
+    for device in devices() {
         for ty in [GgmlType::F16, GgmlType::Q8_0] {
             let mut r = rng(7);
             let row = d * n_head_kv;
@@ -490,7 +505,7 @@ fn dequantize_matches_the_block_layouts() {
 #[test]
 fn add_and_mul_broadcast() {
     let mut failures = Vec::new();
-    for device in Device::all() {
+    for device in devices() {
         // A bias over tokens, and the position embedding over a batch of images.
         for (an, bn) in [([37i64, 5, 1], [37i64, 1, 1]), ([37, 5, 3], [37, 5, 1])] {
             let (a_ne, b_ne) = (ne4(&an), ne4(&bn));
@@ -517,7 +532,7 @@ fn add_and_mul_broadcast() {
 fn norms() {
     let mut failures = Vec::new();
     let (n, rows, eps) = (67usize, 5usize, 1e-6f32);
-    for device in Device::all() {
+    for device in devices() {
         let mut r = rng(4);
         // An offset makes the mean matter to LayerNorm.
         let x: Vec<f32> = uniform(&mut r, n * rows).into_iter().map(|v| v * 3.0 + 0.5).collect();
@@ -543,7 +558,7 @@ fn norms() {
 fn activations() {
     let mut failures = Vec::new();
     let n = 1003usize;
-    for device in Device::all() {
+    for device in devices() {
         let mut r = rng(5);
         let x: Vec<f32> = uniform(&mut r, n).into_iter().map(|v| v * 6.0).collect();
         let up = uniform(&mut r, n);
@@ -572,7 +587,7 @@ fn activations() {
 fn rope_neox() {
     let mut failures = Vec::new();
     let base = 1_000_000.0f32;
-    for device in Device::all() {
+    for device in devices() {
         for (hd, n_head, n_tok) in [(64usize, 3usize, 5usize), (18, 2, 7)] {
             let mut r = rng(6);
             let x = uniform(&mut r, hd * n_head * n_tok);
@@ -631,7 +646,7 @@ fn mask(n_kv: usize, n_q: usize) -> Vec<f16> {
 fn soft_max_with_mask() {
     let mut failures = Vec::new();
     let (n_kv, n_q, n_head, scale) = (45usize, 3usize, 4usize, 0.125f32);
-    for device in Device::all() {
+    for device in devices() {
         let mut r = rng(8);
         let a: Vec<f32> = uniform(&mut r, n_kv * n_q * n_head).into_iter().map(|v| v * 8.0).collect();
         let m = mask(n_kv, n_q);
@@ -658,7 +673,7 @@ fn soft_max_with_mask() {
 fn flash_attention_over_the_cache() {
     let mut failures = Vec::new();
     let (d, n_head, n_head_kv) = (64usize, 6usize, 2usize);
-    for device in Device::all() {
+    for device in devices() {
         for ty in [GgmlType::F16, GgmlType::Q8_0] {
             // One query (decode), a small chunk, and a chunk of more queries than ggml's CPU tile.
             for (n_q, n_kv) in [(1usize, 45usize), (5, 45), (70, 131)] {
@@ -713,7 +728,7 @@ fn flash_attention_over_the_cache() {
 fn flash_attention_over_image_patches() {
     let mut failures = Vec::new();
     let (d, n_head, n, b) = (24usize, 3usize, 29usize, 2usize);
-    for device in Device::all() {
+    for device in devices() {
         let mut r = rng(10);
         let len = d * n_head * n * b;
         let (q, k, v) = (uniform(&mut r, len), uniform(&mut r, len), uniform(&mut r, len));
@@ -740,7 +755,7 @@ fn flash_attention_over_image_patches() {
 #[test]
 fn reshape_permute_view_cont() {
     let mut failures = Vec::new();
-    for device in Device::all() {
+    for device in devices() {
         let mut r = rng(11);
         // The pooling layout changes and the attention head split.
         let ne = [7usize, 5, 3, 2];
@@ -773,7 +788,7 @@ fn reshape_permute_view_cont() {
 fn get_rows_and_set_rows() {
     let mut failures = Vec::new();
     let (n, rows) = (37usize, 9usize);
-    for device in Device::all() {
+    for device in devices() {
         let mut r = rng(12);
         let a = uniform(&mut r, n * rows);
         let idx = vec![8, 0, 3, 3];
@@ -823,7 +838,7 @@ fn get_rows_and_set_rows() {
 fn gather_rows_custom() {
     let mut failures = Vec::new();
     let (row, n_rows) = (96usize, 10usize);
-    for device in Device::all() {
+    for device in devices() {
         for ty in [GgmlType::F16, GgmlType::Q8_0] {
             let mut r = rng(13);
             let (bytes, cache) = weights(&mut r, ty, row, n_rows);
@@ -861,7 +876,7 @@ fn host_op_custom() {
         }
     }
     let mut failures = Vec::new();
-    for device in Device::all() {
+    for device in devices() {
         let mut r = rng(14);
         let (a, b) = (uniform(&mut r, 35), uniform(&mut r, 5));
         let want: Vec<f64> = a.iter().enumerate().map(|(i, &x)| f64::from(x) * 2.0 + f64::from(b[i % 5])).collect();
@@ -881,7 +896,7 @@ fn host_op_custom() {
 #[test]
 fn bilinear_interpolate() {
     let mut failures = Vec::new();
-    for device in Device::all() {
+    for device in devices() {
         // The video pooling (27 x 27 patches to 14 x 14) and an odd, non-square case.
         for ((w, h, c), (ow, oh)) in [((27usize, 27usize, 5usize), (14usize, 14usize)), ((7, 5, 3), (4, 3))] {
             let mut r = rng(15);

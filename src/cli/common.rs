@@ -30,9 +30,16 @@ pub struct ModelArgs {
     /// (default Q4_K_M when there are several). Cached in HF_HOME; see `dycoke pull`.
     #[arg(long = "hf", visible_alias = "hf-repo", value_name = "REPO[:TYPE][@REV]", value_parser = HubSpec::parse, conflicts_with_all = ["model", "mmproj"])]
     pub hf: Option<HubSpec>,
-    /// Compute device: `cpu`, or a GPU of a build with the cuda/metal/vulkan feature.
+    /// Compute device: `cpu`, a GPU of a build with the cuda/metal/vulkan feature, or a device of an
+    /// --rpc server (`rpc0` for the first). A list (`rpc0,rpc1`) divides the -ngl layers into equal
+    /// runs over those devices; the CPU runs the rest.
     #[arg(long, value_name = "NAME", default_value = "cpu")]
     pub device: String,
+    /// Add the devices of `dycoke rpc-server` (or llama.cpp `rpc-server`) processes, comma-separated;
+    /// the first server's device is `rpc0`. The protocol has no authentication: use servers on
+    /// loopback or a trusted network only.
+    #[arg(long, value_name = "HOST:PORT[,...]", value_delimiter = ',')]
+    pub rpc: Vec<String>,
     /// Layers to offload to the GPU (llama.cpp's -ngl); no effect on the CPU.
     #[arg(long = "n-gpu-layers", visible_alias = "ngl", value_name = "N", default_value_t = 0)]
     pub gpu_layers: usize,
@@ -51,7 +58,7 @@ impl ModelArgs {
         let vision_type = VisionType::parse(&self.vision_type)?;
         if let Some(spec) = &self.hf {
             let m = hub::resolve(spec, hub::Freshness::CachedFirst)?;
-            return Ok(ModelOptions { llm: m.llm, mmproj: m.mmproj, device: Some(self.device.clone()), gpu_layers: self.gpu_layers, repack: !self.no_repack, vision_type });
+            return Ok(ModelOptions { llm: m.llm, mmproj: m.mmproj, device: Some(self.device.clone()), rpc: self.rpc.clone(), gpu_layers: self.gpu_layers, repack: !self.no_repack, vision_type });
         }
         let path = match &self.model {
             Some(p) => p.clone(),
@@ -66,7 +73,7 @@ impl ModelArgs {
                 p
             }
         };
-        Ok(ModelOptions { llm: path, mmproj: self.mmproj.clone(), device: Some(self.device.clone()), gpu_layers: self.gpu_layers, repack: !self.no_repack, vision_type })
+        Ok(ModelOptions { llm: path, mmproj: self.mmproj.clone(), device: Some(self.device.clone()), rpc: self.rpc.clone(), gpu_layers: self.gpu_layers, repack: !self.no_repack, vision_type })
     }
 }
 

@@ -9,6 +9,7 @@ mod compress;
 mod hub;
 mod info;
 mod media;
+mod rpc_server;
 mod run;
 mod serve;
 
@@ -41,6 +42,9 @@ enum Command {
     Batch(batch::BatchArgs),
     /// Serve the model over HTTP: an OpenAI-compatible API (chat completions with video) and a chat page.
     Serve(serve::ServeArgs),
+    /// Serve this machine's device to `--rpc` clients over ggml's RPC protocol (NO AUTHENTICATION:
+    /// loopback by default; see SECURITY.md).
+    RpcServer(rpc_server::RpcServerArgs),
     /// Print a GGUF file's metadata and tensors.
     Info(info::InfoArgs),
     /// Download a model from the Hugging Face Hub (and convert it) ahead of use, or list the cache.
@@ -109,6 +113,7 @@ pub fn run(cli: Cli) -> dycoke::Result<()> {
         Command::Chat(a) => chat::run(a),
         Command::Batch(a) => batch::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::RpcServer(a) => rpc_server::run(a),
         Command::Info(a) => info::run(a),
         Command::Pull(a) => hub::pull::run(a),
         Command::Bench(b) => bench::run(b),

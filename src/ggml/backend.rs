@@ -17,7 +17,7 @@ fn cstr(p: *const c_char) -> String {
 }
 
 /// A compute device known to ggml (the CPU, or a GPU when built with its feature).
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Device {
     ptr: sys::ggml_backend_dev_t,
 }
@@ -50,6 +50,15 @@ impl Device {
     /// The device with this name (case-insensitive), e.g. `cpu` or `cuda0`.
     pub fn by_name(name: &str) -> Option<Device> {
         Device::all().into_iter().find(|d| d.name().eq_ignore_ascii_case(name))
+    }
+
+    /// Wraps a device handle of ggml's registry (valid for the process lifetime).
+    pub(super) fn from_raw(ptr: sys::ggml_backend_dev_t) -> Device {
+        Device { ptr }
+    }
+
+    pub(super) fn as_raw(&self) -> sys::ggml_backend_dev_t {
+        self.ptr
     }
 
     pub fn name(&self) -> String {
@@ -361,8 +370,13 @@ impl Scheduler {
     /// The engine's setup: a backend on `device` first when it is not the CPU, then the CPU backend
     /// (`n_threads` threads), which runs what the device cannot and the custom operations.
     pub fn for_device(device: Device, n_threads: usize, max_graph_nodes: usize) -> Result<Scheduler, DeviceError> {
+        Scheduler::for_devices(&[device], n_threads, max_graph_nodes)
+    }
+
+    /// `for_device` with several devices (layers split over them), in priority order.
+    pub fn for_devices(devices: &[Device], n_threads: usize, max_graph_nodes: usize) -> Result<Scheduler, DeviceError> {
         let mut backends = Vec::new();
-        if device.kind() != DeviceKind::Cpu {
+        for &device in devices.iter().filter(|d| d.kind() != DeviceKind::Cpu) {
             backends.push(Backend::new(device, n_threads).ok_or_else(|| DeviceError::new(device))?);
         }
         let cpu = Device::cpu();
@@ -390,6 +404,7 @@ impl Scheduler {
 
     /// Sizes the compute buffers for the worst case; later graphs of at most this size reuse them.
     pub fn reserve(&mut self, graph: &Graph) -> Result<(), ComputeError> {
+        self.pin_host_ops(graph);
         // SAFETY: valid scheduler and graph.
         let ok = unsafe { sys::ggml_backend_sched_reserve(self.inner.ptr.as_ptr(), graph.as_ptr()) };
         if ok {
@@ -401,11 +416,11 @@ impl Scheduler {
 
     /// Allocates the graph's tensors. Its context then keeps this scheduler's memory alive.
     pub fn alloc(&mut self, graph: &Graph, ctx: &Context) -> Result<(), ComputeError> {
-        // SAFETY: valid scheduler and graph; reset first as ggml requires before a new allocation.
-        let ok = unsafe {
-            sys::ggml_backend_sched_reset(self.inner.ptr.as_ptr());
-            sys::ggml_backend_sched_alloc_graph(self.inner.ptr.as_ptr(), graph.as_ptr())
-        };
+        // SAFETY: valid scheduler; reset first as ggml requires before a new allocation.
+        unsafe { sys::ggml_backend_sched_reset(self.inner.ptr.as_ptr()) };
+        self.pin_host_ops(graph);
+        // SAFETY: valid scheduler and graph; the assignments made after the reset are kept.
+        let ok = unsafe { sys::ggml_backend_sched_alloc_graph(self.inner.ptr.as_ptr(), graph.as_ptr()) };
         if !ok {
             return Err(ComputeError::Alloc("the graph's tensors"));
         }
@@ -421,6 +436,25 @@ impl Scheduler {
             Ok(())
         } else {
             Err(ComputeError::Compute { backend: self.inner.backends[0].name(), status })
+        }
+    }
+
+    /// Assigns the graph's custom operations (host functions: TTM's selection, DyCoke's, see
+    /// `custom`) to the CPU backend. Some backends claim every operation (ggml's RPC client does),
+    /// and the scheduler would otherwise send a host function pointer to another machine.
+    fn pin_host_ops(&mut self, graph: &Graph) {
+        if self.inner.backends.len() < 2 {
+            return;
+        }
+        let cpu = self.inner.backends.last().expect("the CPU backend").ptr.as_ptr();
+        for i in 0..graph.n_nodes() {
+            let node = graph.node(i);
+            // SAFETY: a node of a live graph.
+            let op = unsafe { (*node).op };
+            if matches!(op, sys::GGML_OP_CUSTOM | sys::GGML_OP_MAP_CUSTOM1 | sys::GGML_OP_MAP_CUSTOM2 | sys::GGML_OP_MAP_CUSTOM3) {
+                // SAFETY: valid scheduler, a node of the graph it schedules, one of its backends.
+                unsafe { sys::ggml_backend_sched_set_tensor_backend(self.inner.ptr.as_ptr(), node, cpu) }
+            }
         }
     }
 

@@ -256,9 +256,16 @@ impl Graph {
         self.ptr.as_ptr()
     }
 
-    fn n_nodes(&self) -> usize {
+    pub(super) fn n_nodes(&self) -> usize {
         // SAFETY: the graph is valid while `owner` lives.
         unsafe { sys::ggml_graph_n_nodes(self.ptr.as_ptr()) as usize }
+    }
+
+    /// Node `i` (below `n_nodes`), for the scheduler's assignments.
+    pub(super) fn node(&self, i: usize) -> *mut sys::ggml_tensor {
+        assert!(i < self.n_nodes(), "node {i} of a graph of {}", self.n_nodes());
+        // SAFETY: the index is in range; the graph is valid while `owner` lives.
+        unsafe { sys::ggml_graph_node(self.ptr.as_ptr(), i as i32) }
     }
 
     /// Names and shapes of the nodes whose names start with `prefix` (to inspect what was built).

@@ -5,6 +5,7 @@ mod context;
 pub mod custom;
 mod dump;
 mod mapped;
+pub mod rpc;
 mod types;
 
 pub use backend::{Backend, Buffer, BufferType, ComputeError, Device, DeviceError, DeviceKind, Scheduler};

@@ -26,13 +26,15 @@ pub struct LlmOptions {
     /// CPU threads.
     pub n_threads: usize,
     pub kv_type: KvType,
-    /// Where to compute (the weights' device when offloaded; CPU otherwise).
+    /// Where to compute (the weights' device when offloaded; CPU otherwise). The KV cache lives here.
     pub device: Device,
+    /// More devices holding layers (`Placement::split`): their backends join the scheduler.
+    pub split: Vec<Device>,
 }
 
 impl LlmOptions {
     pub fn new(n_ctx: usize, n_threads: usize) -> LlmOptions {
-        LlmOptions { n_ctx, n_batch: 512, n_threads, kv_type: KvType::F16, device: Device::cpu() }
+        LlmOptions { n_ctx, n_batch: 512, n_threads, kv_type: KvType::F16, device: Device::cpu(), split: Vec::new() }
     }
 }
 
@@ -132,7 +134,8 @@ impl LlmContext {
             return Err(Error::setting(Setting::BatchSize, format!("{} is outside 1..=8192", opts.n_batch)));
         }
         check_threads(opts.n_threads)?;
-        let sched = Scheduler::for_device(opts.device, opts.n_threads, model.max_graph_nodes())?;
+        let devices = [&[opts.device][..], &opts.split].concat();
+        let sched = Scheduler::for_devices(&devices, opts.n_threads, model.max_graph_nodes())?;
         let buft = opts.device.buffer_type();
         let shape = KvShape { n_layer: p.n_layer, n_head_kv: p.n_head_kv, head_dim: p.head_dim };
         let cache = KvCache::new(shape, opts.n_ctx, opts.kv_type, buft)?;

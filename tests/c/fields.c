@@ -83,6 +83,13 @@ int main(int argc, char **argv) {
     mp.device = "no-such-device";
     expect("device unknown", dycoke_model_load(llm, &mp, &model), DYCOKE_STATUS_INVALID_ARGUMENT, "no-such-device");
     check("device unknown: lists the devices", strstr(dycoke_last_error(), "cpu") != NULL || strstr(dycoke_last_error(), "CPU") != NULL, "no device list");
+    /* DycokeModelParams.rpc_servers: a server that cannot be used is an I/O error naming the field
+     * (port 1 on loopback: nothing listens there), and a malformed entry too. */
+    mp.rpc_servers = "127.0.0.1:1";
+    expect("rpc_servers refused", dycoke_model_load(llm, &mp, &model), DYCOKE_STATUS_IO, "rpc_servers");
+    mp.rpc_servers = "no-port";
+    expect("rpc_servers malformed", dycoke_model_load(llm, &mp, &model), DYCOKE_STATUS_IO, "rpc_servers");
+    mp.rpc_servers = NULL;
     mp.device = "cpu";
     expect("device cpu", dycoke_model_load(llm, &mp, &model), DYCOKE_STATUS_OK, NULL);
     expect("ask", ask_video(model, base(), &gp, &st, &a), DYCOKE_STATUS_OK, NULL);

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod llava;
+pub mod rpc;
 pub mod server;
 pub mod strings;
 

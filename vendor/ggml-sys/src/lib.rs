@@ -9,13 +9,14 @@
 // ggml (tensors, graphs, ops)
 pub use llama_cpp_sys_2::{
     GGML_LOG_LEVEL_CONT, GGML_LOG_LEVEL_ERROR, GGML_LOG_LEVEL_INFO, GGML_LOG_LEVEL_WARN,
-    GGML_PREC_F32, GGML_SCALE_MODE_BICUBIC, GGML_SCALE_MODE_BILINEAR, GGML_SCALE_MODE_NEAREST,
-    GGML_TYPE_COUNT, ggml_add, ggml_blck_size, ggml_build_forward_expand, ggml_cgraph, ggml_cont,
-    ggml_context, ggml_custom_4d, ggml_flash_attn_ext, ggml_free, ggml_gelu_erf, ggml_get_mem_size,
-    ggml_get_rows, ggml_get_type_traits, ggml_graph_n_nodes, ggml_graph_node,
-    ggml_graph_overhead_custom, ggml_init, ggml_init_params, ggml_interpolate, ggml_is_contiguous,
-    ggml_is_transposed, ggml_log_level, ggml_log_set, ggml_map_custom1, ggml_mul, ggml_mul_mat,
-    ggml_nbytes, ggml_nelements, ggml_new_graph_custom, ggml_new_tensor, ggml_norm, ggml_permute,
+    GGML_OP_CUSTOM, GGML_OP_MAP_CUSTOM1, GGML_OP_MAP_CUSTOM2, GGML_OP_MAP_CUSTOM3, GGML_PREC_F32,
+    GGML_SCALE_MODE_BICUBIC, GGML_SCALE_MODE_BILINEAR, GGML_SCALE_MODE_NEAREST, GGML_TYPE_COUNT,
+    ggml_add, ggml_blck_size, ggml_build_forward_expand, ggml_cgraph, ggml_cont, ggml_context,
+    ggml_custom_4d, ggml_flash_attn_ext, ggml_free, ggml_gelu_erf, ggml_get_mem_size, ggml_get_rows,
+    ggml_get_type_traits, ggml_graph_n_nodes, ggml_graph_node, ggml_graph_overhead_custom,
+    ggml_init, ggml_init_params, ggml_interpolate, ggml_is_contiguous, ggml_is_transposed,
+    ggml_log_level, ggml_log_set, ggml_map_custom1, ggml_mul, ggml_mul_mat, ggml_nbytes,
+    ggml_nelements, ggml_new_graph_custom, ggml_new_tensor, ggml_norm, ggml_permute,
     ggml_prec_set_acc, ggml_quantize_chunk, ggml_quantize_init, ggml_quantize_requires_imatrix,
     ggml_reshape_1d, ggml_reshape_2d, ggml_reshape_3d, ggml_reshape_4d, ggml_rms_norm,
     ggml_rope_ext, ggml_set_input, ggml_set_name, ggml_set_output, ggml_set_rows, ggml_soft_max_ext,
@@ -34,19 +35,22 @@ pub use llama_cpp_sys_2::{
     ggml_backend_cpu_set_n_threads, ggml_backend_cpu_set_threadpool, ggml_backend_dev_backend_reg,
     ggml_backend_dev_buffer_type, ggml_backend_dev_count, ggml_backend_dev_description,
     ggml_backend_dev_get, ggml_backend_dev_init, ggml_backend_dev_name,
-    ggml_backend_dev_supports_op, ggml_backend_dev_t, ggml_backend_dev_type, ggml_backend_free,
-    ggml_backend_name, ggml_backend_reg_get_proc_address, ggml_backend_sched,
+    ggml_backend_dev_supports_op, ggml_backend_dev_t, ggml_backend_dev_type,
+    ggml_backend_device_register, ggml_backend_free, ggml_backend_name, ggml_backend_reg_dev_count,
+    ggml_backend_reg_dev_get, ggml_backend_reg_get_proc_address, ggml_backend_sched,
     ggml_backend_sched_alloc_graph, ggml_backend_sched_free, ggml_backend_sched_get_buffer_size,
     ggml_backend_sched_graph_compute, ggml_backend_sched_new, ggml_backend_sched_reserve,
-    ggml_backend_sched_reset, ggml_backend_sched_set_eval_callback, ggml_backend_t, ggml_backend_tensor_alloc,
+    ggml_backend_sched_reset, ggml_backend_sched_set_eval_callback,
+    ggml_backend_sched_set_tensor_backend, ggml_backend_t, ggml_backend_tensor_alloc,
     ggml_backend_tensor_get, ggml_backend_tensor_set,
 };
 
 // ggml-cpu
 pub use llama_cpp_sys_2::{
-    ggml_cpu_has_arm_fma, ggml_cpu_has_avx, ggml_cpu_has_avx2, ggml_cpu_has_avx512, ggml_cpu_has_avx512_bf16,
-    ggml_cpu_has_f16c, ggml_cpu_has_fma, ggml_cpu_has_neon, ggml_cpu_has_sse3, ggml_cpu_init,
-    ggml_threadpool, ggml_threadpool_free, ggml_threadpool_new, ggml_threadpool_params_default,
+    ggml_cpu_has_arm_fma, ggml_cpu_has_avx, ggml_cpu_has_avx2, ggml_cpu_has_avx512,
+    ggml_cpu_has_avx512_bf16, ggml_cpu_has_f16c, ggml_cpu_has_fma, ggml_cpu_has_neon,
+    ggml_cpu_has_sse3, ggml_cpu_init, ggml_threadpool, ggml_threadpool_free, ggml_threadpool_new,
+    ggml_threadpool_params_default,
 };
 
 // gguf (the reference reader)
@@ -81,3 +85,7 @@ pub use llama_cpp_sys_2::{
     mtmd_input_chunks_free, mtmd_input_chunks_get, mtmd_input_chunks_init, mtmd_input_chunks_size,
     mtmd_input_text, mtmd_tokenize,
 };
+
+// ggml-rpc (declared by hand)
+mod rpc;
+pub use rpc::*;
