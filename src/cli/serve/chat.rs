@@ -117,8 +117,8 @@ pub fn api_error(e: &Error) -> ApiError {
         Error::Prompt(m) => ApiError::invalid("messages", m.clone()),
         Error::Tokenizer(m) | Error::Template(m) => ApiError::invalid("messages", m.clone()),
         Error::NoVisionModel => ApiError::invalid("messages", "this server has no vision model (it was started without --mmproj): send text only"),
-        Error::Cancelled => ApiError::invalid("", "the request was cancelled").with_status(499).with_code("cancelled"),
-        _ => ApiError::invalid("", format!("internal error: {e}")).with_status(500),
+        Error::Cancelled => ApiError::new(499, "the request was cancelled").with_code("cancelled"),
+        _ => ApiError::new(500, format!("internal error: {e}")),
     }
 }
 
@@ -222,7 +222,7 @@ impl Engine {
         let engine = self.clone();
         let media = tokio::task::spawn_blocking(move || sources.into_iter().map(|(kind, source, label)| media::resolve(kind, source, label, &engine.policy)).collect::<Result<Vec<_>, _>>())
             .await
-            .map_err(|e| ApiError::invalid("", format!("internal error: {e}")).with_status(500))??;
+            .map_err(|e| ApiError::new(500, format!("internal error: {e}")))??;
         let ids: Vec<[u8; 32]> = media.iter().map(MediaInput::identity).collect();
         let identities = turns.iter().map(|t| turn_identity(t.role, &t.text, t.media.iter().map(|&i| &ids[i]))).collect();
         Ok(Job { settings, turns, media, identities, arrived })

@@ -14,7 +14,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use dycoke_api::{ApiError, ErrorKind, Limits};
+use dycoke_api::{ApiError, Limits};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
@@ -49,7 +49,7 @@ fn error_response(e: &ApiError) -> Response {
 }
 
 fn loading() -> Response {
-    (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": {"message": "the model is loading", "type": "server_error", "code": "loading", "param": null}}))).into_response()
+    error_response(&ApiError::new(503, "the model is loading").with_code("loading"))
 }
 
 /// Binds, loads the model (the address answers /health with "loading" meanwhile), prints
@@ -118,11 +118,11 @@ fn router(state: Arc<AppState>) -> Router {
 }
 
 async fn not_found(req: Request) -> Response {
-    error_response(&ApiError::invalid("", format!("no such endpoint: {}", req.uri().path())).with_status(404).with_code("not_found"))
+    error_response(&ApiError::new(404, format!("no such endpoint: {}", req.uri().path())).with_code("not_found"))
 }
 
 async fn method_not_allowed(req: Request) -> Response {
-    error_response(&ApiError::invalid("", format!("{} is not allowed on {}", req.method(), req.uri().path())).with_status(405).with_code("method_not_allowed"))
+    error_response(&ApiError::new(405, format!("{} is not allowed on {}", req.method(), req.uri().path())).with_code("method_not_allowed"))
 }
 
 /// With an API key, every path but the page and /health needs `Authorization: Bearer KEY`.
@@ -132,8 +132,7 @@ async fn auth(State(state): State<Arc<AppState>>, req: Request, next: Next) -> R
         if path != "/" && path != "/health" {
             let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
             if !given.is_some_and(|g| same(g.as_bytes(), key.as_bytes())) {
-                let mut e = ApiError::invalid("", "invalid or missing API key: send Authorization: Bearer KEY").with_status(401).with_code("invalid_api_key");
-                e.kind = ErrorKind::Authentication;
+                let e = ApiError::new(401, "invalid or missing API key: send Authorization: Bearer KEY").with_code("invalid_api_key");
                 let mut r = error_response(&e);
                 r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
                 return r;
@@ -200,13 +199,13 @@ async fn chat_completions(State(state): State<Arc<AppState>>, req: Request) -> R
         error_response(&e)
     };
     let body = match tokio::time::timeout(state.config.timeout, axum::body::to_bytes(req.into_body(), state.config.max_body)).await {
-        Err(_) => return fail(Outcome::ClientError, ApiError::invalid("", "the request body did not arrive in time").with_status(408).with_code("timeout")),
+        Err(_) => return fail(Outcome::ClientError, ApiError::new(408, "the request body did not arrive in time").with_code("timeout")),
         Ok(Err(e)) => {
             let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
             return if too_large {
-                fail(Outcome::ClientError, ApiError::invalid("", format!("the request body is larger than this server's limit of {} MiB", state.config.max_body >> 20)).with_status(413).with_code("body_too_large"))
+                fail(Outcome::ClientError, ApiError::new(413, format!("the request body is larger than this server's limit of {} MiB", state.config.max_body >> 20)).with_code("body_too_large"))
             } else {
-                fail(Outcome::ClientError, ApiError::invalid("", format!("could not read the request body: {e}")))
+                fail(Outcome::ClientError, ApiError::new(400, format!("could not read the request body: {e}")))
             };
         }
         Ok(Ok(b)) => b,
@@ -217,7 +216,7 @@ async fn chat_completions(State(state): State<Arc<AppState>>, req: Request) -> R
     let request = match parsed {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => return fail(Outcome::ClientError, e),
-        Err(e) => return fail(Outcome::ServerError, ApiError::invalid("", format!("internal error: {e}")).with_status(500)),
+        Err(e) => return fail(Outcome::ServerError, ApiError::new(500, format!("internal error: {e}"))),
     };
     let (stream, include_usage) = (request.stream, request.include_usage);
     let job = match engine.prepare(request, arrived).await {
@@ -229,8 +228,7 @@ async fn chat_completions(State(state): State<Arc<AppState>>, req: Request) -> R
     let lease = match engine.pool.acquire(job.identities()).await {
         Ok(l) => l,
         Err(_) => {
-            let mut e = ApiError::invalid("", "every session is busy and the queue is full; retry later").with_status(429).with_code("queue_full");
-            e.kind = ErrorKind::RateLimit;
+            let e = ApiError::new(429, "every session is busy and the queue is full; retry later").with_code("queue_full");
             let mut r = fail(Outcome::Rejected, e);
             r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             return r;
@@ -282,7 +280,7 @@ async fn collect_response(reply: Reply, mut rx: mpsc::Receiver<Event>, guard: Ca
             }
         }
     }
-    error_response(&ApiError::invalid("", "the answer was interrupted").with_status(500))
+    error_response(&ApiError::new(500, "the answer was interrupted"))
 }
 
 /// The answer as server-sent events: OpenAI's chunks, then `[DONE]`. Keep-alive comments every
@@ -325,7 +323,7 @@ fn stream_response(reply: Reply, rx: mpsc::Receiver<Event>, guard: CancelOnDrop,
                     s.finished = true;
                 }
                 None => {
-                    s.pending.push_back(ApiError::invalid("", "the answer was interrupted").with_status(500).to_json().to_string());
+                    s.pending.push_back(ApiError::new(500, "the answer was interrupted").to_json().to_string());
                     s.finished = true;
                 }
             }

@@ -43,8 +43,16 @@ pub struct MediaInput {
 }
 
 enum Content {
-    Bytes { bytes: Arc<Vec<u8>>, extension: &'static str },
+    /// Bytes sent in the request or downloaded, with their hash (computed once, when resolved).
+    Bytes { bytes: Arc<Vec<u8>>, hash: [u8; 32], extension: &'static str },
     File(PathBuf),
+}
+
+impl Content {
+    fn bytes(bytes: Vec<u8>, mime: &str, kind: MediaKind) -> Content {
+        let hash = *blake3::hash(&bytes).as_bytes();
+        Content::Bytes { bytes: Arc::new(bytes), hash, extension: extension(mime, kind) }
+    }
 }
 
 impl MediaInput {
@@ -53,7 +61,7 @@ impl MediaInput {
     /// encode, off the async threads).
     pub fn identity(&self) -> [u8; 32] {
         match &self.content {
-            Content::Bytes { bytes, .. } => *blake3::hash(bytes).as_bytes(),
+            Content::Bytes { hash, .. } => *hash,
             Content::File(p) => {
                 let meta = std::fs::metadata(p).ok();
                 let stamp = meta.as_ref().map(|m| (m.len(), m.modified().ok()));
@@ -69,9 +77,9 @@ pub fn resolve(kind: MediaKind, source: MediaSource, label: String, policy: &Med
     let content = match source {
         MediaSource::Data { mime, bytes } => {
             if bytes.len() as u64 > policy.max_bytes {
-                return Err(too_large(&label, policy.max_bytes));
+                return Err(located(too_large(policy.max_bytes), &label));
             }
-            Content::Bytes { bytes: Arc::new(bytes), extension: extension(&mime, kind) }
+            Content::bytes(bytes, &mime, kind)
         }
         MediaSource::File(path) => Content::File(check_allowed_file(&path, &policy.allowed_dirs).map_err(|e| located(e, &label))?),
         MediaSource::Remote(url) => {
@@ -79,7 +87,7 @@ pub fn resolve(kind: MediaKind, source: MediaSource, label: String, policy: &Med
                 return Err(ApiError::invalid(format!("{label}.url"), "http(s) media URLs are disabled on this server (it was started without --allow-remote-media); send the file as a data: URL").with_status(403));
             }
             let (bytes, mime) = fetch(&url, policy).map_err(|e| located(e, &label))?;
-            Content::Bytes { bytes: Arc::new(bytes), extension: extension(&mime, kind) }
+            Content::bytes(bytes, &mime, kind)
         }
     };
     Ok(MediaInput { kind, label, content })
@@ -92,14 +100,14 @@ fn located(mut e: ApiError, label: &str) -> ApiError {
     e
 }
 
-fn too_large(label: &str, max: u64) -> ApiError {
-    ApiError::invalid(label.to_string(), format!("the medium is larger than this server's limit of {} MiB", max >> 20)).with_status(413)
+fn too_large(max: u64) -> ApiError {
+    ApiError::new(413, format!("the medium is larger than this server's limit of {} MiB", max >> 20))
 }
 
 /// Downloads `url` within the policy's size and time limits (at most 3 redirects).
 fn fetch(url: &str, policy: &MediaPolicy) -> Result<(Vec<u8>, String), ApiError> {
     let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(policy.fetch_timeout)).max_redirects(3).http_status_as_error(false).build().into();
-    let failed = |why: String| ApiError::invalid(String::new(), format!("could not fetch {url}: {why}")).with_code("media_fetch_failed");
+    let failed = |why: String| ApiError::new(400, format!("could not fetch {url}: {why}")).with_code("media_fetch_failed");
     let mut response = agent.get(url).call().map_err(|e| failed(e.to_string()))?;
     let status = response.status();
     if !status.is_success() {
@@ -110,7 +118,7 @@ fn fetch(url: &str, policy: &MediaPolicy) -> Result<(Vec<u8>, String), ApiError>
     let mut reader = response.body_mut().with_config().limit(policy.max_bytes + 1).reader();
     reader.read_to_end(&mut bytes).map_err(|e| failed(e.to_string()))?;
     if bytes.len() as u64 > policy.max_bytes {
-        return Err(too_large("", policy.max_bytes));
+        return Err(too_large(policy.max_bytes));
     }
     Ok((bytes, mime))
 }
@@ -184,7 +192,7 @@ impl MediaStore {
     /// always taken before a turn).
     pub fn encode(&self, input: &MediaInput, sampling: &Sampling, turns: &Turns, progress: &mut Progress, counts: &mut MediaCounts) -> dycoke::Result<EncodedMedia> {
         let content_hash = match &input.content {
-            Content::Bytes { bytes, .. } => *blake3::hash(bytes).as_bytes(),
+            Content::Bytes { hash, .. } => *hash,
             Content::File(p) => {
                 let mut h = blake3::Hasher::new();
                 h.update_mmap(p).map_err(|e| dycoke::Error::io(p, e))?;
@@ -202,7 +210,7 @@ impl MediaStore {
         // Bytes become a file for the decoders, named by their hash, removed after the encode.
         let (path, temporary) = match &input.content {
             Content::File(p) => (p.clone(), false),
-            Content::Bytes { bytes, extension } => {
+            Content::Bytes { bytes, extension, .. } => {
                 let p = self.temp.path().join(format!("{}.{extension}", blake3::Hash::from(content_hash).to_hex()));
                 std::fs::write(&p, bytes.as_slice()).map_err(|e| dycoke::Error::io(&p, e))?;
                 (p, true)

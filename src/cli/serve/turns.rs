@@ -38,6 +38,24 @@ impl Turns {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let ticket = s.0;
         s.0 += 1;
+        drop(s);
+        self.wait_for(ticket);
+    }
+
+    /// Gives the turn to the next in line and queues behind everyone waiting, in one step: were
+    /// the two separate, the next in line could pass and queue again before us.
+    fn requeue(&self) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let ticket = s.0;
+        s.0 += 1;
+        s.1 += 1;
+        drop(s);
+        self.changed.notify_all();
+        self.wait_for(ticket);
+    }
+
+    fn wait_for(&self, ticket: u64) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         while s.1 != ticket {
             s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
         }
@@ -67,11 +85,12 @@ impl Turn<'_> {
     }
 
     fn pass_now(&self) {
-        if self.held.replace(false) {
-            self.turns.release();
+        if self.held.get() {
+            self.turns.requeue();
+        } else {
+            self.turns.acquire();
+            self.held.set(true);
         }
-        self.turns.acquire();
-        self.held.set(true);
         self.since.set(Instant::now());
     }
 }
