@@ -1,6 +1,6 @@
 //! Turns at the CPU. Sessions answer at once, but each graph computation already uses every core
 //! (ggml's threads spin while they wait for each other), so two computations at the same time
-//! only slow each other down, badly (measured: 8 short answers on 4 sessions took 90x one answer).
+//! only slow each other down, badly (each one's threads spin while another's hold the cores).
 //! A session computes while it holds the turn and offers it between steps (a prompt chunk, a
 //! decode step, a batch of frames); tickets keep the order fair. A turn lasts at least `SLICE`:
 //! the threads of a session that just computed keep spinning for a few milliseconds, so passing
