@@ -220,6 +220,8 @@ fn field(s: Setting) -> &'static str {
         Setting::MaxTokens => "max_tokens",
         Setting::Device => "device",
         Setting::GpuLayers => "gpu_layers",
+        // Not a C field: C callers split layers equally.
+        Setting::TensorSplit => "tensor_split",
         Setting::CacheDir => "cache_dir",
         Setting::VisionType => "vision_type",
         Setting::VisionReuseLayer => "vision_reuse_layer",

@@ -49,6 +49,8 @@ pub enum Setting {
     Device,
     /// Layers placed on the device.
     GpuLayers,
+    /// The shares of the offloaded layers each device of a list holds.
+    TensorSplit,
     /// The folder of the embedding cache.
     CacheDir,
     /// The type the vision tower's matrices are multiplied in.
@@ -81,6 +83,7 @@ impl Setting {
             Setting::MaxTokens => "answer length",
             Setting::Device => "device",
             Setting::GpuLayers => "GPU layers",
+            Setting::TensorSplit => "tensor split",
             Setting::CacheDir => "cache folder",
             Setting::VisionType => "vision weight type",
         }

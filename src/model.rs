@@ -30,6 +30,9 @@ pub struct ModelOptions {
     pub rpc: Vec<String>,
     /// Layers to place on the GPU (ignored on the CPU).
     pub gpu_layers: usize,
+    /// With a device list: the share of the layers each device holds (llama.cpp's
+    /// --tensor-split, `3,1`); empty: equal shares.
+    pub tensor_split: Vec<f32>,
     /// Repack matrices into the CPU's faster layouts (llama.cpp does by default).
     pub repack: bool,
     /// The type the vision matrices are multiplied in (`VisionType::parse` checks a user's value):
@@ -39,7 +42,16 @@ pub struct ModelOptions {
 
 impl ModelOptions {
     pub fn new(llm: impl Into<PathBuf>) -> ModelOptions {
-        ModelOptions { llm: llm.into(), mmproj: None, device: None, rpc: Vec::new(), gpu_layers: 0, repack: true, vision_type: VisionType::Auto }
+        ModelOptions {
+            llm: llm.into(),
+            mmproj: None,
+            device: None,
+            rpc: Vec::new(),
+            gpu_layers: 0,
+            tensor_split: Vec::new(),
+            repack: true,
+            vision_type: VisionType::Auto,
+        }
     }
 }
 
@@ -103,12 +115,13 @@ impl Model {
         let start = Instant::now();
         add_rpc_servers(&opts.rpc)?;
         let (device, split) = find_devices(opts.device.as_deref())?;
+        crate::weights::check_tensor_split(&opts.tensor_split, 1 + split.len())?;
         let file = Arc::new(GgufFile::open(&opts.llm)?);
         let tokenizer = Tokenizer::from_gguf(&file)?;
-        let placement = Placement { device, split: Vec::new(), gpu_layers: opts.gpu_layers, repack: opts.repack };
+        let placement = Placement { device, split: Vec::new(), gpu_layers: opts.gpu_layers, tensor_split: Vec::new(), repack: opts.repack };
         // Runs of layers are sized by the layers there are, not by a large -ngl.
         let n_layer = crate::llm::qwen2::Qwen2Params::from_gguf(&file)?.n_layer;
-        let llm_placement = Placement { split: split.clone(), gpu_layers: opts.gpu_layers.min(n_layer), ..placement.clone() };
+        let llm_placement = Placement { split: split.clone(), gpu_layers: opts.gpu_layers.min(n_layer), tensor_split: opts.tensor_split.clone(), ..placement.clone() };
         let llm = Arc::new(Qwen2::load(file.clone(), llm_placement)?);
         let n_vocab = llm.params().n_vocab;
         if tokenizer.n_vocab() > n_vocab {

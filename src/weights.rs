@@ -36,13 +36,16 @@ pub struct Placement {
     pub split: Vec<Device>,
     /// Layers (numbered from 0) below this count go to `device` (and `split`) when it is a GPU.
     pub gpu_layers: usize,
+    /// The shares of those layers `device` and each of `split` hold, in order (llama.cpp's
+    /// --tensor-split); empty: equal shares. `check_tensor_split` validates it.
+    pub tensor_split: Vec<f32>,
     /// Repack matrices into the CPU's faster layouts (costs a copy of those matrices).
     pub repack: bool,
 }
 
 impl Placement {
     pub fn cpu() -> Placement {
-        Placement { device: Device::cpu(), split: Vec::new(), gpu_layers: 0, repack: true }
+        Placement { device: Device::cpu(), split: Vec::new(), gpu_layers: 0, tensor_split: Vec::new(), repack: true }
     }
 
     /// The device that holds the weights of `layer` (None: weights outside layers), or None when
@@ -54,11 +57,75 @@ impl Placement {
         match layer {
             None => (self.gpu_layers > 0).then_some(self.device),
             Some(l) if l < self.gpu_layers => {
-                let run = l * (1 + self.split.len()) / self.gpu_layers;
+                let run = run_of(l, self.gpu_layers, 1 + self.split.len(), &self.tensor_split);
                 Some(if run == 0 { self.device } else { self.split[run - 1] })
             }
             Some(_) => None,
         }
+    }
+}
+
+/// Which of `n` devices holds layer `l` of the first `gpu_layers`: with `shares` empty, equal runs;
+/// otherwise llama.cpp's --tensor-split rule, where each device's run ends at its cumulative share
+/// of the layers and a layer goes to the first device whose run ends above the layer's fraction.
+fn run_of(l: usize, gpu_layers: usize, n: usize, shares: &[f32]) -> usize {
+    if shares.is_empty() {
+        return l * n / gpu_layers;
+    }
+    let total: f32 = shares.iter().sum();
+    let fraction = l as f32 / gpu_layers as f32;
+    let mut end = 0.0;
+    for (i, share) in shares.iter().enumerate() {
+        end += share / total;
+        if fraction < end {
+            return i;
+        }
+    }
+    shares.len() - 1
+}
+
+/// The one check of a tensor split for `n_devices` devices: empty, or one finite, non-negative
+/// share per device with a positive sum.
+pub fn check_tensor_split(shares: &[f32], n_devices: usize) -> crate::error::Result<()> {
+    use crate::error::{Error, Setting};
+    if shares.is_empty() {
+        return Ok(());
+    }
+    if shares.len() != n_devices {
+        return Err(Error::setting(
+            Setting::TensorSplit,
+            format!("{} shares for {} offload device(s): give one per device of the --device list", shares.len(), n_devices),
+        ));
+    }
+    if let Some(bad) = shares.iter().find(|s| !s.is_finite() || **s < 0.0) {
+        return Err(Error::setting(Setting::TensorSplit, format!("{bad} is not a finite share of at least 0")));
+    }
+    if shares.iter().sum::<f32>() <= 0.0 {
+        return Err(Error::setting(Setting::TensorSplit, "the shares add up to 0"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod split_tests {
+    use super::run_of;
+
+    fn runs(gpu_layers: usize, n: usize, shares: &[f32]) -> Vec<usize> {
+        (0..gpu_layers).map(|l| run_of(l, gpu_layers, n, shares)).collect()
+    }
+
+    #[test]
+    fn equal_shares_are_equal_runs() {
+        assert_eq!(runs(6, 2, &[]), [0, 0, 0, 1, 1, 1]);
+        assert_eq!(runs(6, 2, &[1.0, 1.0]), runs(6, 2, &[]));
+        assert_eq!(runs(24, 3, &[2.0, 2.0, 2.0]), runs(24, 3, &[]));
+    }
+
+    #[test]
+    fn shares_set_run_lengths() {
+        assert_eq!(runs(8, 2, &[3.0, 1.0]), [0, 0, 0, 0, 0, 0, 1, 1]);
+        assert_eq!(runs(4, 3, &[1.0, 0.0, 1.0]), [0, 0, 2, 2]);
+        assert_eq!(runs(5, 2, &[0.0, 1.0]), [1; 5]);
     }
 }
 

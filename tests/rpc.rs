@@ -53,9 +53,17 @@ fn prompt(tok: &Tokenizer) -> Vec<u32> {
     tok.encode("<|im_start|>user\nName three colours of the rainbow.<|im_end|>\n<|im_start|>assistant\n", false, true)
 }
 
-/// The prompt's last logits and GREEDY greedy tokens, with the weights placed by `placement` and
-/// the KV cache on its first device; each device of the placement must hold matrices.
-fn answer(path: &Path, placement: Placement) -> (Vec<f32>, Vec<usize>) {
+/// The prompt's last logits, GREEDY greedy tokens, and the context's timings (with the bytes moved
+/// between devices).
+struct Answer {
+    logits: Vec<f32>,
+    tokens: Vec<usize>,
+    timings: dycoke::llm::Timings,
+}
+
+/// `Answer` with the weights placed by `placement` and the KV cache on its first device; each
+/// device of the placement must hold matrices.
+fn answer(path: &Path, placement: Placement) -> Answer {
     let file = Arc::new(GgufFile::open(path).unwrap());
     let tok = Tokenizer::from_gguf(&file).unwrap();
     let model = Arc::new(Qwen2::load(file, placement.clone()).unwrap());
@@ -67,7 +75,7 @@ fn answer(path: &Path, placement: Placement) -> (Vec<f32>, Vec<usize>) {
         assert!(matrices.iter().any(|m| m.buffer.ends_with(&endpoint)), "no matrix on {}: {:?}", d.name(), model.weights().buffers);
     }
     let local = matrices.iter().filter(|m| !m.buffer.starts_with("RPC")).count();
-    assert_eq!(local > 0, placement.gpu_layers < 99, "matrices in local memory: {local}");
+    assert_eq!(local > 0, placement.gpu_layers < model.params().n_layer, "matrices in local memory: {local}");
     let prompt = prompt(&tok);
     let opts = LlmOptions { device: placement.device, split: placement.split.clone(), ..LlmOptions::new(512, THREADS) };
     let mut ctx = LlmContext::new(model, &opts).unwrap();
@@ -77,27 +85,61 @@ fn answer(path: &Path, placement: Placement) -> (Vec<f32>, Vec<usize>) {
         let next = argmax(ctx.eval(&[Segment::Tokens(&[*tokens.last().unwrap() as u32])]).unwrap());
         tokens.push(next);
     }
-    (logits, tokens)
+    Answer { logits, tokens, timings: ctx.timings().clone() }
 }
 
-fn assert_same(path: &Path, what: &str, cpu: &(Vec<f32>, Vec<usize>), other: &(Vec<f32>, Vec<usize>)) {
-    let rel = f64::from(max_abs_diff(&cpu.0, &other.0)) / std_dev(&cpu.0);
+fn assert_same(path: &Path, what: &str, cpu: &Answer, other: &Answer) {
+    let rel = f64::from(max_abs_diff(&cpu.logits, &other.logits)) / std_dev(&cpu.logits);
     eprintln!("{} {what}: logits max diff / std {rel:.2e}", path.display());
     assert!(rel <= LOGIT_TOLERANCE, "{} {what}: logits differ by {rel:.3e} of their spread", path.display());
-    assert_eq!(cpu.1, other.1, "{} {what}: greedy tokens differ", path.display());
+    assert_eq!(cpu.tokens, other.tokens, "{} {what}: greedy tokens differ", path.display());
+}
+
+/// The layers (`blk.N.`) whose matrices are in `device`'s memory.
+fn layers_on(path: &Path, placement: &Placement, device: Device) -> Vec<usize> {
+    let model = Qwen2::load(Arc::new(GgufFile::open(path).unwrap()), placement.clone()).unwrap();
+    let endpoint = format!("[{}]", device.description());
+    let mut layers: Vec<usize> = model
+        .weights()
+        .matrices
+        .iter()
+        .filter(|m| m.buffer.ends_with(&endpoint))
+        .filter_map(|m| m.name.strip_prefix("blk.")?.split('.').next()?.parse().ok())
+        .collect();
+    layers.dedup();
+    layers
 }
 
 fn check_model(path: &Path, n_layer: usize) {
     let [(_, rpc0), (_, rpc1)] = servers();
     let cpu = answer(path, Placement { repack: false, ..Placement::cpu() });
-    let all = answer(path, Placement { device: *rpc0, split: Vec::new(), gpu_layers: 99, repack: false });
+    let all = answer(path, Placement { device: *rpc0, gpu_layers: 99, repack: false, ..Placement::cpu() });
     assert_same(path, "all layers on an RPC device", &cpu, &all);
     // Half the layers on the second server, the rest on the local CPU.
-    let half = answer(path, Placement { device: *rpc1, split: Vec::new(), gpu_layers: n_layer / 2, repack: false });
+    let half = answer(path, Placement { device: *rpc1, gpu_layers: n_layer / 2, repack: false, ..Placement::cpu() });
     assert_same(path, "half the layers on an RPC device", &cpu, &half);
     // A third of the layers on each server (`--device rpc0,rpc1 -ngl 2n/3`), the rest on the CPU.
-    let thirds = answer(path, Placement { device: *rpc0, split: vec![*rpc1], gpu_layers: n_layer * 2 / 3, repack: false });
+    let thirds = answer(path, Placement { device: *rpc0, split: vec![*rpc1], gpu_layers: n_layer * 2 / 3, repack: false, ..Placement::cpu() });
     assert_same(path, "layers split over the CPU and two RPC devices", &cpu, &thirds);
+    // Every layer over the two servers in shares of 3 to 1 (`--device rpc0,rpc1 -ts 3,1`).
+    let shares = Placement { device: *rpc0, split: vec![*rpc1], gpu_layers: n_layer, tensor_split: vec![3.0, 1.0], repack: false };
+    assert_same(path, "layers split 3:1 over two RPC devices", &cpu, &answer(path, shares.clone()));
+    let quarter = n_layer * 3 / 4;
+    assert_eq!(layers_on(path, &shares, *rpc0), (0..quarter).collect::<Vec<_>>(), "rpc0 holds the first three quarters");
+    assert_eq!(layers_on(path, &shares, *rpc1), (quarter..n_layer).collect::<Vec<_>>(), "rpc1 holds the last quarter");
+
+    // Bytes moved between devices: none on the CPU alone. With every layer and the output on a
+    // server, each decode step at least writes the token's embedding row to it and reads the
+    // logits back (F32 each); a split over the CPU and two servers also moves the hidden state
+    // across each boundary, so it moves more.
+    let p = dycoke::llm::qwen2::Qwen2Params::from_gguf(&GgufFile::open(path).unwrap()).unwrap();
+    assert_eq!((cpu.timings.prefill_transfer_bytes, cpu.timings.decode_transfer_bytes), (0, 0), "the CPU alone moves nothing");
+    let floor = (4 * (p.n_vocab + p.n_embd)) as f64;
+    let per_step = |a: &Answer| a.timings.transfer_bytes_per_decode_step();
+    eprintln!("{}: bytes per decode step: all on rpc0 {}, thirds {}", path.display(), per_step(&all), per_step(&thirds));
+    assert!(per_step(&all) >= floor, "all on rpc0: {} bytes per step, below {floor}", per_step(&all));
+    assert!(per_step(&thirds) >= per_step(&all) + (4 * p.n_embd) as f64, "thirds: {} vs all on rpc0: {}", per_step(&thirds), per_step(&all));
+    assert!(all.timings.prefill_transfer_bytes > 0);
 }
 
 #[test]
@@ -160,6 +202,36 @@ fn a_device_name_outside_the_servers_lists_them() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "--device {device}: {stderr}");
         assert!(stderr.contains(expected), "--device {device}: expected {expected:?} in {stderr}");
+    }
+    let second = RpcServer::start();
+    let servers = format!("{},{}", server.endpoint, second.endpoint);
+    for (device, split, expected) in [
+        ("rpc0", "1,1", "2 shares for 1 offload device"),
+        ("rpc0,rpc1", "1", "1 shares for 2 offload device"),
+        ("rpc0,rpc1", "1,NaN", "NaN is not a finite share"),
+        ("rpc0,rpc1", "1,inf", "inf is not a finite share"),
+        ("rpc0,rpc1", "0,0", "add up to 0"),
+        ("rpc0,rpc1", "1,x", "invalid float"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_dycoke"))
+            .args(["run", "-m"])
+            .arg(common::random_model(GgmlType::F16))
+            .args(["--rpc", &servers, "--device", device, "-ngl", "99", "-ts", split, "-n", "2", "-p", "hi"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "-ts {split}: {stderr}");
+        assert!(stderr.contains(expected) && !stderr.contains("panicked"), "-ts {split}: expected {expected:?} in {stderr}");
+        if !expected.contains("float") {
+            assert!(stderr.contains("-ts/--tensor-split"), "the error names the flag: {stderr}");
+        }
+    }
+    // The servers' devices as --device takes them.
+    let out = Command::new(env!("CARGO_BIN_EXE_dycoke")).args(["info", "--list-devices", "--rpc", &servers]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for (name, endpoint) in [("cpu", ""), ("rpc0", server.endpoint.as_str()), ("rpc1", second.endpoint.as_str())] {
+        assert!(stdout.lines().any(|l| l.trim_start().starts_with(name) && l.contains(endpoint) && l.contains("MiB free")), "{name} {endpoint} in:\n{stdout}");
     }
 }
 
@@ -228,6 +300,13 @@ fn ask_fixture_video(tag: &str, extra: &[&str]) -> (String, Vec<f32>, serde_json
     (String::from_utf8(out.stdout).unwrap(), logits, stats, stderr.into_owned())
 }
 
+/// The "KiB per decode step" of `--timings` output.
+fn kib_per_step(stderr: &str) -> f64 {
+    let line = stderr.lines().find(|l| l.starts_with("moved:")).unwrap_or_else(|| panic!("no moved: line in\n{stderr}"));
+    let before = line.split(" KiB per decode step").next().unwrap();
+    before.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
 /// The vision tower, TTM, the KV cache and DyCoke's pruning all on an RPC device: the CPU's answer,
 /// its logits within the tolerance above, and the same compression counters (TTM dropped tokens,
 /// pruning ran at every step).
@@ -236,7 +315,7 @@ fn a_dycoke_video_answer_on_an_rpc_device_matches_the_cpu() {
     // Where the run below puts the vision tower: every matrix in the server's memory.
     let [(_, rpc0), _] = servers();
     let (_, mmproj) = common::llava::converted(GgmlType::F32);
-    let vision = dycoke::vision::VisionModel::load(&mmproj, Placement { device: *rpc0, split: Vec::new(), gpu_layers: 99, repack: false }).unwrap();
+    let vision = dycoke::vision::VisionModel::load(&mmproj, Placement { device: *rpc0, gpu_layers: 99, repack: false, ..Placement::cpu() }).unwrap();
     let matrices = &vision.weights().matrices;
     assert!(!matrices.is_empty() && matrices.iter().all(|m| m.buffer.starts_with("RPC")), "{:?}", vision.weights().buffers);
 
@@ -256,6 +335,24 @@ fn a_dycoke_video_answer_on_an_rpc_device_matches_the_cpu() {
         assert!(rpc.2["visual_tokens_after_ttm"].as_u64() < rpc.2["visual_tokens_before_ttm"].as_u64(), "TTM dropped tokens: {}", rpc.2);
         assert_eq!(rpc.2["decode_steps"], 23, "pruning ran at every step: {}", rpc.2);
         assert!(rpc.2["mean_kept_fraction"].as_f64().unwrap() < 1.0, "pruning kept fewer rows: {}", rpc.2);
+        // --timings reports the bytes moved between devices, which on the CPU alone are none.
+        assert!(!cpu.3.contains("between devices") && rpc.3.contains("KiB per decode step"), "{tag}:\n{}\n{}", cpu.3, rpc.3);
+        if tag == "plain" {
+            // The pruned layers gather their rows where the cache is: a pruned step moves what a
+            // plain step moves plus the scoring layer's attention probabilities (F32, each head
+            // over the attended positions, for the selection on the CPU) and the view's row
+            // numbers and mask (I32 and F16 per row) back, not the layers' caches (which a
+            // gather on the CPU would copy there at every step).
+            let unpruned = ask_fixture_video("rpc-no-dp", &[&rpc_flags[..], &["--no-dp"]].concat());
+            let (pruned, plain) = (kib_per_step(&rpc.3), kib_per_step(&unpruned.3));
+            let (llm, _) = common::llava::converted(GgmlType::F32);
+            let p = dycoke::llm::qwen2::Qwen2Params::from_gguf(&GgufFile::open(&llm).unwrap()).unwrap();
+            let positions = rpc.2["cache_positions_last_step"].as_u64().unwrap() as f64;
+            let attended = (positions / 256.0).ceil() * 256.0;
+            let extra = (4.0 * attended * p.n_head as f64 + 6.0 * positions) / 1024.0;
+            eprintln!("KiB per decode step on RPC: pruned {pruned}, not pruned {plain}, allowed extra {extra:.1}");
+            assert!(pruned <= plain + extra + 0.2, "a pruned step moved {pruned} KiB, a plain one {plain} KiB");
+        }
         if tag == "reuse" {
             let skipped = |err: &str| err.lines().find(|l| l.contains("temporal reuse skipped")).map(str::to_string);
             assert_eq!(skipped(&cpu.3), skipped(&rpc.3), "the same tower work skipped");

@@ -43,6 +43,10 @@ pub struct ModelArgs {
     /// Layers to offload to the GPU (llama.cpp's -ngl); no effect on the CPU.
     #[arg(long = "n-gpu-layers", visible_alias = "ngl", value_name = "N", default_value_t = 0)]
     pub gpu_layers: usize,
+    /// With a --device list: the share of the -ngl layers each device holds, comma-separated
+    /// (llama.cpp's -ts: `3,1` puts three quarters on the first) [default: equal shares].
+    #[arg(long = "tensor-split", value_name = "SHARES", value_delimiter = ',')]
+    pub tensor_split: Vec<f32>,
     /// Keep every weight in the file mapping (no repacked copies; slower on some CPUs).
     #[arg(long)]
     pub no_repack: bool,
@@ -58,7 +62,7 @@ impl ModelArgs {
         let vision_type = VisionType::parse(&self.vision_type)?;
         if let Some(spec) = &self.hf {
             let m = hub::resolve(spec, hub::Freshness::CachedFirst)?;
-            return Ok(ModelOptions { llm: m.llm, mmproj: m.mmproj, device: Some(self.device.clone()), rpc: self.rpc.clone(), gpu_layers: self.gpu_layers, repack: !self.no_repack, vision_type });
+            return Ok(ModelOptions { llm: m.llm, mmproj: m.mmproj, device: Some(self.device.clone()), rpc: self.rpc.clone(), gpu_layers: self.gpu_layers, tensor_split: self.tensor_split.clone(), repack: !self.no_repack, vision_type });
         }
         let path = match &self.model {
             Some(p) => p.clone(),
@@ -73,7 +77,7 @@ impl ModelArgs {
                 p
             }
         };
-        Ok(ModelOptions { llm: path, mmproj: self.mmproj.clone(), device: Some(self.device.clone()), rpc: self.rpc.clone(), gpu_layers: self.gpu_layers, repack: !self.no_repack, vision_type })
+        Ok(ModelOptions { llm: path, mmproj: self.mmproj.clone(), device: Some(self.device.clone()), rpc: self.rpc.clone(), gpu_layers: self.gpu_layers, tensor_split: self.tensor_split.clone(), repack: !self.no_repack, vision_type })
     }
 }
 

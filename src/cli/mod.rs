@@ -61,6 +61,7 @@ pub fn normalize_args(args: impl Iterator<Item = OsString>) -> Vec<OsString> {
         Some("-ngl") => OsString::from("--ngl"),
         Some("-np") => OsString::from("--np"),
         Some("-hf") => OsString::from("--hf"),
+        Some("-ts") => OsString::from("--tensor-split"),
         _ => a,
     })
     .collect()
@@ -90,6 +91,7 @@ pub fn flag(s: Setting) -> &'static str {
         Setting::MaxTokens => "-n/--n-predict",
         Setting::Device => "--device",
         Setting::GpuLayers => "-ngl/--n-gpu-layers",
+        Setting::TensorSplit => "-ts/--tensor-split",
         Setting::CacheDir => "--cache-dir",
         Setting::VisionType => "--vision-type",
     }

@@ -119,6 +119,14 @@ pub fn run(a: RunArgs) -> dycoke::Result<()> {
         }
         eprintln!("prompt:  {} (reused {})", rate(result.prompt.evaluated, result.prompt.time.as_secs_f64()), result.prompt.reused);
         eprintln!("decode:  {}", rate(result.tokens.len(), result.decode_time.as_secs_f64()));
+        let t = chat.session().llm().timings();
+        if t.prefill_transfer_bytes + t.decode_transfer_bytes > 0 {
+            eprintln!(
+                "moved:   {:.1} MiB between devices for the prompt, {:.1} KiB per decode step",
+                t.prefill_transfer_bytes as f64 / (1024.0 * 1024.0),
+                t.transfer_bytes_per_decode_step() / 1024.0
+            );
+        }
         eprintln!("stop:    {:?}", result.stop);
     }
     if a.compress.stats {

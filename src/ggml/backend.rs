@@ -71,6 +71,14 @@ impl Device {
         cstr(unsafe { sys::ggml_backend_dev_description(self.ptr) })
     }
 
+    /// Free and total memory in bytes, as the device reports them (the CPU reports the system's).
+    pub fn memory(&self) -> (usize, usize) {
+        let (mut free, mut total) = (0usize, 0usize);
+        // SAFETY: valid device handle; ggml writes the two sizes.
+        unsafe { sys::ggml_backend_dev_memory(self.ptr, &mut free, &mut total) };
+        (free, total)
+    }
+
     pub fn kind(&self) -> DeviceKind {
         // SAFETY: valid device handle.
         match unsafe { sys::ggml_backend_dev_type(self.ptr) } {
@@ -364,6 +372,8 @@ impl DeviceError {
 /// Splits graphs across backends, allocates their intermediate tensors and runs them.
 pub struct Scheduler {
     inner: Arc<SchedInner>,
+    /// See `copy_bytes`.
+    copy_bytes: usize,
 }
 
 impl Scheduler {
@@ -395,7 +405,7 @@ impl Scheduler {
             sys::ggml_backend_sched_new(ptrs.as_mut_ptr(), std::ptr::null_mut(), ptrs.len() as i32, max_graph_nodes, false, true)
         };
         let ptr = NonNull::new(p).expect("ggml_backend_sched_new");
-        Scheduler { inner: Arc::new(SchedInner { ptr, backends }) }
+        Scheduler { inner: Arc::new(SchedInner { ptr, backends }), copy_bytes: 0 }
     }
 
     pub fn backends(&self) -> &[Backend] {
@@ -425,7 +435,41 @@ impl Scheduler {
             return Err(ComputeError::Alloc("the graph's tensors"));
         }
         ctx.keep_alive(self.inner.clone());
+        self.copy_bytes = self.count_copies(graph);
         Ok(())
+    }
+
+    /// Bytes the scheduler copies between backends each time the last allocated graph computes:
+    /// the inputs of each split that live on another backend. 0 with one backend.
+    pub fn copy_bytes(&self) -> usize {
+        self.copy_bytes
+    }
+
+    /// Sums the scheduler's copies of the allocated graph. When ggml's scheduler splits a graph,
+    /// it points each node that reads a tensor of another backend at a copy of it in its own
+    /// context, made per (tensor, destination backend), and copies into it at every compute.
+    /// Those copies are the only sources it has not assigned a backend to (it assigns every
+    /// tensor of the graph itself), so they are counted once each by that.
+    fn count_copies(&self, graph: &Graph) -> usize {
+        if self.inner.backends.len() < 2 {
+            return 0;
+        }
+        let sched = self.inner.ptr.as_ptr();
+        let mut seen = std::collections::HashSet::new();
+        let mut bytes = 0;
+        for i in 0..graph.n_nodes() {
+            let node = graph.node(i);
+            // SAFETY: a node of a live graph; its sources are null or live tensors.
+            for &src in unsafe { (*node).src.iter() }.filter(|s| !s.is_null()) {
+                // SAFETY: valid scheduler and a tensor of the graph it just allocated.
+                let assigned = !unsafe { sys::ggml_backend_sched_get_tensor_backend(sched, src) }.is_null();
+                if !assigned && seen.insert(src as usize) {
+                    // SAFETY: a live tensor.
+                    bytes += unsafe { sys::ggml_nbytes(src) };
+                }
+            }
+        }
+        bytes
     }
 
     /// Runs an allocated graph (again, after its inputs were set).

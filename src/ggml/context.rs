@@ -153,6 +153,14 @@ impl Tensor {
         !raw.buffer.is_null() || (!raw.view_src.is_null() && !raw.data.is_null())
     }
 
+    /// Whether the tensor's memory is host memory (the CPU's buffers), so that reading or writing it
+    /// moves nothing between devices. False for a tensor without memory.
+    pub fn in_host_memory(&self) -> bool {
+        let buffer = self.raw().buffer;
+        // SAFETY: a non-null buffer of a live tensor.
+        !buffer.is_null() && unsafe { sys::ggml_backend_buffer_is_host(buffer) }
+    }
+
     fn check_io(&self, ty: GgmlType, len: usize, what: &str) {
         check(self.is_allocated(), || format!("{what} of tensor {:?} which has no memory", self.name()));
         check(self.ty() == ty, || format!("{what} of {ty} data on a {} tensor {:?}", self.ty(), self.name()));
@@ -426,6 +434,13 @@ impl Context {
         check(a.ne()[2] == idx.ne()[1] && idx.ne()[3] == 1, || format!("get_rows {:?} by {:?}", a.ne(), idx.ne()));
         // SAFETY: shapes and types checked; both tensors alive.
         self.op(&[a, idx], |c| unsafe { sys::ggml_get_rows(c, a.as_ptr(), idx.as_ptr()) })
+    }
+
+    /// `a` converted to `ty` (a copy, on whichever backend runs it).
+    pub fn cast(&mut self, a: &Tensor, ty: GgmlType) -> Tensor {
+        // SAFETY: `a` alive; ggml_cast only records the conversion (the scheduler picks a backend
+        // that supports it).
+        self.op(&[a], |c| unsafe { sys::ggml_cast(c, a.as_ptr(), ty.id()) })
     }
 
     /// Writes rows of `src` into `dst` at rows `idx` (I64 or I32); returns the updated view of dst.

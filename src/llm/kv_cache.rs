@@ -65,6 +65,8 @@ pub struct KvCache {
     /// Positions 0..n_used hold valid entries.
     n_used: usize,
     bytes: usize,
+    /// Whether the cache is in host memory (see `gather`).
+    on_host: bool,
 }
 
 impl KvCache {
@@ -94,7 +96,8 @@ impl KvCache {
         // Unused positions are always masked, but keep them finite: 0 is a valid F16 and Q8_0 value.
         buffer.clear(0);
         let bytes = buffer.size();
-        Ok(KvCache { _ctx: ctx, k, v, shape, ty, n_ctx, n_used: 0, bytes })
+        let on_host = k.first().is_none_or(|t| t.in_host_memory());
+        Ok(KvCache { _ctx: ctx, k, v, shape, ty, n_ctx, n_used: 0, bytes, on_host })
     }
 
     pub fn n_ctx(&self) -> usize {
@@ -171,8 +174,17 @@ impl KvCache {
 
     fn gather_one(&self, g: &mut Context, t: &Tensor, rows: &Tensor) -> Tensor {
         let n = rows.ne()[0];
-        // The rows as stored (F16 or Q8_0), so attention reads the same values as over the view.
-        let picked = g.gather_rows(t, rows);
+        let picked = if self.on_host {
+            // The rows as stored (F16 or Q8_0), so attention reads the same values as over the view.
+            g.gather_rows(t, rows)
+        } else {
+            // That gather is a host operation, and ggml's scheduler would copy the whole layer to
+            // the CPU for it at every step. ggml's get_rows runs where the cache is, and only the
+            // row numbers cross. It widens to F32; back to F16 for attention, which is exact for
+            // an F16 cache (a Q8_0 cache's values are rounded to F16 here).
+            let wide = g.get_rows(t, rows);
+            g.cast(&wide, GgmlType::F16)
+        };
         let r = g.reshape(&picked, &[self.shape.head_dim as i64, self.shape.n_head_kv as i64, n]);
         g.permute(&r, [0, 2, 1, 3])
     }

@@ -53,6 +53,18 @@ pub struct Timings {
     pub prefill_tokens: usize,
     pub decode: Duration,
     pub decode_tokens: usize,
+    /// Bytes moved between devices (host memory and the devices' own), prompt steps and
+    /// single-token steps apart: the scheduler's copies between backends, inputs written to and
+    /// logits read from device memory. 0 when everything is in host memory (the CPU alone).
+    pub prefill_transfer_bytes: u64,
+    pub decode_transfer_bytes: u64,
+}
+
+impl Timings {
+    /// Mean bytes moved between devices per decode step.
+    pub fn transfer_bytes_per_decode_step(&self) -> f64 {
+        self.decode_transfer_bytes as f64 / self.decode_tokens.max(1) as f64
+    }
 }
 
 /// A graph for a batch shape, with its inputs.
@@ -302,6 +314,7 @@ impl LlmContext {
         }
         let start = Instant::now();
         let mut done = 0;
+        let mut moved = 0;
         let mut embd = Vec::new();
         for len in self.chunk_plan(total) {
             let chunk = &rows[done..done + len];
@@ -315,7 +328,7 @@ impl LlmContext {
             }
             let is_last = done + chunk.len() == total;
             let n_out = if all_logits { chunk.len() } else { usize::from(is_last) };
-            self.run_batch(&embd, chunk.len(), n_out.max(1), all_logits)?;
+            moved += self.run_batch(&embd, chunk.len(), n_out.max(1), all_logits)?;
             done += chunk.len();
             if !progress(done, total) && done < total {
                 return Err(Error::Cancelled);
@@ -325,16 +338,18 @@ impl LlmContext {
         if total == 1 {
             self.timings.decode += elapsed;
             self.timings.decode_tokens += 1;
+            self.timings.decode_transfer_bytes += moved;
         } else {
             self.timings.prefill += elapsed;
             self.timings.prefill_tokens += total;
+            self.timings.prefill_transfer_bytes += moved;
         }
         Ok(())
     }
 
     /// One forward pass over `n` rows of embeddings at the next positions; keeps the logits of the
-    /// last `n_out` rows (all rows when `n_out == n`).
-    fn run_batch(&mut self, embd: &[f32], n: usize, n_out: usize, append_logits: bool) -> Result<()> {
+    /// last `n_out` rows (all rows when `n_out == n`). Returns the bytes it moved between devices.
+    fn run_batch(&mut self, embd: &[f32], n: usize, n_out: usize, append_logits: bool) -> Result<u64> {
         let p0 = self.n_past();
         let n_kv = self.cache.padded_len(p0 + n);
         let decode = if n == 1 { self.decode_attention.clone() } else { None };
@@ -348,27 +363,32 @@ impl LlmContext {
             self.sched.alloc(&step.graph, &step.ctx)?;
             self.allocated = Some(step.id);
         }
-        self.set_inputs(&step, embd, p0, n, n_out);
+        let mut moved = self.set_inputs(&step, embd, p0, n, n_out) + self.sched.copy_bytes();
         self.sched.compute(&step.graph)?;
 
         let n_vocab = self.model.params().n_vocab;
-        if !append_logits {
+        let read = if !append_logits {
             self.logits.resize(n_vocab, 0.0);
             let rows = step.logits.ne()[1] as usize;
             step.logits.read_f32_range((rows - 1) * n_vocab, &mut self.logits);
             self.n_logits_rows = 1;
+            n_vocab
         } else {
             let old = self.logits.len();
             self.logits.resize(old + n_out * n_vocab, 0.0);
             step.logits.read_f32_into(&mut self.logits[old..]);
             self.n_logits_rows += n_out;
+            n_out * n_vocab
+        };
+        if !step.logits.in_host_memory() {
+            moved += read * std::mem::size_of::<f32>();
         }
         self.cache.set_used(p0 + n);
         if n == 1 {
             // Single-token graphs are kept: the next step usually has the same shape.
             self.decode_graph = Some(step);
         }
-        Ok(())
+        Ok(moved as u64)
     }
 
     fn build_step(&mut self, n_tokens: usize, n_kv: usize, n_out: usize, decode: Option<&dyn DecodeAttention>) -> Result<StepGraph> {
@@ -394,7 +414,8 @@ impl LlmContext {
         Ok(StepGraph { ctx: g, graph, inputs, kv_idx, mask, logits, n_kv, n_out, decode_key: None, id: self.next_graph_id })
     }
 
-    fn set_inputs(&self, step: &StepGraph, embd: &[f32], p0: usize, n: usize, n_out: usize) {
+    /// Writes the step's inputs; returns the bytes that went to device memory.
+    fn set_inputs(&self, step: &StepGraph, embd: &[f32], p0: usize, n: usize, n_out: usize) -> usize {
         step.inputs.embd.write_f32(embd);
         let pos: Vec<i32> = (p0..p0 + n).map(|x| x as i32).collect();
         step.inputs.pos.write_i32(&pos);
@@ -412,5 +433,8 @@ impl LlmContext {
             mask[i * n_kv..i * n_kv + visible].fill(f16::ZERO);
         }
         step.mask.write_f16(&mask);
+        let mut inputs = vec![&step.inputs.embd, &step.inputs.pos, &step.kv_idx, &step.mask];
+        inputs.extend(&step.inputs.out_ids);
+        inputs.iter().filter(|t| !t.in_host_memory()).map(|t| t.n_bytes()).sum()
     }
 }
