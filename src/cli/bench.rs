@@ -6,7 +6,7 @@ use clap::{Args, Subcommand};
 use super::benches::video::{self, check_vision_settings, encode_features, plan_modes, run_fidelity, run_llm_mode, CompressionMode, Gains, LlmReport, VideoModeOptions, VideoModeReport, VisionReport, VisionSetting};
 use dycoke::encoder::EncodedMedia;
 use super::benches::{describe_row, run_llm_bench, run_vision_bench, table_header, LlmBenchOptions, VisionBenchOptions};
-use dycoke::Error;
+use dycoke::{Error, ModelOptions};
 
 use super::common::{LazyBar, DEFAULT_MODEL};
 use super::hub::{self, HubSpec};
@@ -26,6 +26,55 @@ pub enum BenchCommand {
     /// How far compression moves the next-token distributions from the uncompressed model's:
     /// teacher-forced on the uncompressed greedy answer, mean KL and greedy agreement per mode.
     Fidelity(FidelityArgs),
+    /// The language model's layers split over 1, 2, ... of the --rpc servers' devices, against the
+    /// CPU alone: decode speed and the bytes moved between devices per decode step, per
+    /// compression setting, on one video's features (encoded once, on the CPU). Each placement and
+    /// setting runs in its own process. scripts/bench-rpc starts servers on loopback and runs it.
+    Rpc(RpcArgs),
+}
+
+#[derive(Args)]
+pub struct RpcArgs {
+    #[command(flatten)]
+    input: VideoInputArgs,
+    /// Frames sampled from the video.
+    #[arg(long, default_value_t = 8)]
+    frames: usize,
+    #[command(flatten)]
+    measure: MeasureArgs,
+}
+
+/// How `bench video` and `bench rpc` measure each row.
+#[derive(Args, Clone)]
+pub struct MeasureArgs {
+    /// Compression settings, comma-separated: none, dycoke, ttm (TTM alone), dp (pruning alone),
+    /// dycoke-p0 (both, pruning nothing: the cost of the machinery).
+    #[arg(long, value_delimiter = ',', default_value = "none,dycoke", value_parser = parse_mode)]
+    modes: Vec<CompressionMode>,
+    /// Tokens of each answer.
+    #[arg(long, default_value_t = 32)]
+    gen: usize,
+    /// Answers per row (the median decode speed is reported).
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Print one JSON object per row instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One row of `bench rpc`.
+#[derive(serde::Serialize)]
+struct RpcRow {
+    /// `cpu`, or the devices holding the layers (`rpc0,rpc1`).
+    placement: String,
+    mode: CompressionMode,
+    visual_tokens: usize,
+    prefill_s: f64,
+    decode_tok_s: f64,
+    /// Decode speed over the CPU alone's with the same mode.
+    decode_vs_cpu: f64,
+    transfer_bytes_per_decode_step: f64,
+    prefill_transfer_bytes: u64,
 }
 
 #[derive(Args, Clone)]
@@ -53,6 +102,16 @@ pub struct VideoInputArgs {
     /// The question asked about the video.
     #[arg(long, default_value = video::DEFAULT_QUESTION)]
     question: String,
+    /// Device of the measurement (see `run --device`): the vision tower and the language model
+    /// (`bench rpc` encodes on the CPU and places only the language model).
+    #[arg(long, value_name = "NAME", default_value = "cpu")]
+    device: String,
+    /// Layers of the language model on --device (llama.cpp's -ngl).
+    #[arg(long = "n-gpu-layers", visible_alias = "ngl", value_name = "N", default_value_t = 0)]
+    gpu_layers: usize,
+    /// Add the devices of these RPC servers (see `run --rpc`).
+    #[arg(long, value_name = "HOST:PORT[,...]", value_delimiter = ',')]
+    rpc: Vec<String>,
 }
 
 #[derive(Args)]
@@ -62,20 +121,10 @@ pub struct VideoArgs {
     /// Frame counts, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "8,16,32,64")]
     frames: Vec<usize>,
-    /// Compression settings, comma-separated: none, dycoke, ttm (TTM alone), dp (pruning alone),
-    /// dycoke-p0 (both, pruning nothing: the cost of the machinery). Each runs with each vision
-    /// setting; the first vision setting without compression (the baseline) always runs.
-    #[arg(long, value_delimiter = ',', default_value = "none,dycoke", value_parser = parse_mode)]
-    modes: Vec<CompressionMode>,
-    /// Tokens of each answer.
-    #[arg(long, default_value_t = 32)]
-    gen: usize,
-    /// Answers per mode (the median decode speed is reported).
-    #[arg(long, default_value_t = 3)]
-    reps: usize,
-    /// Print one JSON object per mode and frame count instead of a table.
-    #[arg(long)]
-    json: bool,
+    /// Each compression setting (--modes) runs with each vision setting; the first vision setting
+    /// without compression (the baseline) always runs.
+    #[command(flatten)]
+    measure: MeasureArgs,
     /// (Internal) measure one compression setting on saved features and print its report.
     #[arg(long, hide = true, requires = "child_features", value_parser = parse_mode)]
     child_mode: Option<CompressionMode>,
@@ -141,7 +190,16 @@ impl VideoInputArgs {
         if !self.model.exists() {
             return Err(Error::invalid("model", format!("{} does not exist; fetch it with scripts/fetch-qwen2-0.5b or pass -m FILE.gguf", self.model.display())));
         }
-        Ok(VideoModeOptions { model: self.model.clone(), threads: self.threads(), gen_tokens: gen, reps, question: self.question.clone() })
+        Ok(VideoModeOptions {
+            model: self.model.clone(),
+            threads: self.threads(),
+            gen_tokens: gen,
+            reps,
+            question: self.question.clone(),
+            device: self.device.clone(),
+            gpu_layers: self.gpu_layers,
+            rpc: self.rpc.clone(),
+        })
     }
 
     /// The one vision setting of a command that takes one.
@@ -157,7 +215,8 @@ impl VideoInputArgs {
     fn encode(&self, vision: &VisionSetting, frames: usize) -> Result<(EncodedMedia, dycoke::encoder::EncoderCounters), Error> {
         eprintln!("encoding {frames} frames with {}", vision.name);
         let mut bar = LazyBar::new("encoding", 1);
-        let f = encode_features(&vision.model_options(&self.model), vision.encoder_options(self.threads()), &self.video()?, frames, &mut |d, t| bar.update(d, t));
+        let placed = ModelOptions { device: Some(self.device.clone()), gpu_layers: self.gpu_layers, rpc: self.rpc.clone(), ..vision.model_options(&self.model) };
+        let f = encode_features(&placed, vision.encoder_options(self.threads()), &self.video()?, frames, &mut |d, t| bar.update(d, t));
         bar.finish();
         f
     }
@@ -226,6 +285,7 @@ pub fn run(cmd: BenchCommand) -> dycoke::Result<()> {
     match cmd {
         BenchCommand::Video(a) => run_video(a),
         BenchCommand::Fidelity(a) => run_fidelity_bench(a),
+        BenchCommand::Rpc(a) => run_rpc_bench(a),
         BenchCommand::Vision(a) => {
             let opts = VisionBenchOptions {
                 mmproj: a.mmproj.clone(),
@@ -291,7 +351,7 @@ pub fn run(cmd: BenchCommand) -> dycoke::Result<()> {
 
 fn run_video(mut a: VideoArgs) -> dycoke::Result<()> {
     a.input = a.input.resolve_hub()?;
-    let opts = a.input.mode_options(a.gen, a.reps)?;
+    let opts = a.input.mode_options(a.measure.gen, a.measure.reps)?;
     if let (Some(mode), Some(features)) = (a.child_mode, &a.child_features) {
         let f = EncodedMedia::load(features)?;
         let r = run_llm_mode(&opts, &f, mode)?;
@@ -313,10 +373,10 @@ fn run_video(mut a: VideoArgs) -> dycoke::Result<()> {
     check_vision_settings(&a.input.mmproj)?;
     let video = a.input.video()?;
     eprintln!("{} with {} on {} threads, CPU: {}", video.display(), opts.model.display(), opts.threads, dycoke::ggml::cpu_features_line());
-    if !a.json {
+    if !a.measure.json {
         println!("{}", video_header());
     }
-    let plan = plan_modes(a.input.mmproj.len(), &a.modes);
+    let plan = plan_modes(a.input.mmproj.len(), &a.measure.modes);
     let scratch = std::env::temp_dir().join(format!("dycoke-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).map_err(|e| Error::io(&scratch, e))?;
     let result = (|| {
@@ -328,7 +388,7 @@ fn run_video(mut a: VideoArgs) -> dycoke::Result<()> {
                 for &(_, mode) in plan.iter().filter(|p| p.0 == v) {
                     let llm = child_llm(&a, &path, mode)?;
                     let r = VideoModeReport::new(&vision.name, mode, &encoded, &llm);
-                    if a.json {
+                    if a.measure.json {
                         println!("{}", serde_json::to_string(&r).expect("serializable"));
                     } else {
                         println!("{}", video_row(&r));
@@ -337,7 +397,7 @@ fn run_video(mut a: VideoArgs) -> dycoke::Result<()> {
                 }
                 std::fs::remove_file(&path).ok();
             }
-            if !a.json {
+            if !a.measure.json {
                 let (base, rest) = reports.split_first().expect("the plan starts with the baseline");
                 for r in rest {
                     println!("{}", ratio_row(r, &Gains::over(base, r)));
@@ -356,8 +416,12 @@ fn run_child<T: serde::de::DeserializeOwned>(a: &VideoArgs, what: &str, args: &[
     let exe = std::env::current_exe().map_err(|e| Error::invalid("bench", format!("cannot find this executable: {e}")))?;
     let mut cmd = std::process::Command::new(exe);
     cmd.args(["bench", "video"]).args(args);
-    cmd.arg("-m").arg(&a.input.model).args(["-t", &a.input.threads().to_string(), "--gen", &a.gen.to_string(), "--reps", &a.reps.to_string()]);
+    cmd.arg("-m").arg(&a.input.model).args(["-t", &a.input.threads().to_string(), "--gen", &a.measure.gen.to_string(), "--reps", &a.measure.reps.to_string()]);
     cmd.arg("--question").arg(&a.input.question);
+    cmd.args(["--device", &a.input.device, "-ngl", &a.input.gpu_layers.to_string()]);
+    if !a.input.rpc.is_empty() {
+        cmd.arg("--rpc").arg(a.input.rpc.join(","));
+    }
     cmd.stderr(std::process::Stdio::inherit());
     let out = cmd.output().map_err(|e| Error::invalid("bench", format!("cannot run the {what}: {e}")))?;
     if !out.status.success() {
@@ -471,4 +535,78 @@ fn run_fidelity_bench(mut a: FidelityArgs) -> dycoke::Result<()> {
         }
     })?;
     Ok(())
+}
+
+fn run_rpc_bench(mut a: RpcArgs) -> dycoke::Result<()> {
+    a.input = a.input.resolve_hub()?;
+    if a.input.rpc.is_empty() {
+        return Err(Error::invalid("rpc", "give the servers to split over with --rpc HOST:PORT,... (scripts/bench-rpc starts them on loopback)"));
+    }
+    if a.frames == 0 {
+        return Err(Error::invalid("frames", "must be at least 1"));
+    }
+    let vision = a.input.single_vision("bench rpc")?.clone();
+    a.input.mode_options(a.measure.gen, a.measure.reps)?;
+    let video = a.input.video()?;
+    // Every placement measures in a child process of `bench video` with its own device settings.
+    let args = |device: &str, gpu_layers: usize, rpc: &[String]| VideoArgs {
+        input: VideoInputArgs { device: device.to_string(), gpu_layers, rpc: rpc.to_vec(), ..a.input.clone() },
+        frames: vec![a.frames],
+        measure: MeasureArgs { json: true, ..a.measure.clone() },
+        child_mode: None,
+        child_features: None,
+        child_encode: None,
+    };
+    let cpu = args("cpu", 0, &[]);
+    let mut placements = vec![("cpu".to_string(), cpu)];
+    for k in 1..=a.input.rpc.len() {
+        let devices = (0..k).map(|i| format!("rpc{i}")).collect::<Vec<_>>().join(",");
+        // Every layer on the servers' devices (more than any model has; the CPU keeps nothing).
+        placements.push((devices.clone(), args(&devices, 1 << 20, &a.input.rpc)));
+    }
+    eprintln!("{} with {}, {} frames, on {} threads; servers: {}", video.display(), a.input.model.display(), a.frames, a.input.threads(), a.input.rpc.join(", "));
+    let scratch = std::env::temp_dir().join(format!("dycoke-bench-rpc-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).map_err(|e| Error::io(&scratch, e))?;
+    let features = scratch.join("features.bin");
+    let result = (|| {
+        child_encode(&placements[0].1, &vision, a.frames, &features)?;
+        if !a.measure.json {
+            println!("{:<20} {:<8} {:>7} {:>9} {:>9} {:>7} {:>12} {:>12}", "placement", "mode", "visual", "prefill s", "decode/s", "vs CPU", "KiB/step", "prefill MiB");
+        }
+        for &mode in &a.measure.modes {
+            let mut cpu_speed = None;
+            for (placement, pa) in &placements {
+                let l = child_llm(pa, &features, mode)?;
+                let base = *cpu_speed.get_or_insert(l.decode_tokens_per_s);
+                let row = RpcRow {
+                    placement: placement.clone(),
+                    mode,
+                    visual_tokens: l.visual_tokens,
+                    prefill_s: l.prefill_s,
+                    decode_tok_s: l.decode_tokens_per_s,
+                    decode_vs_cpu: l.decode_tokens_per_s / base.max(1e-9),
+                    transfer_bytes_per_decode_step: l.transfer_bytes_per_decode_step,
+                    prefill_transfer_bytes: l.prefill_transfer_bytes,
+                };
+                if a.measure.json {
+                    println!("{}", serde_json::to_string(&row).expect("serializable"));
+                } else {
+                    println!(
+                        "{:<20} {:<8} {:>7} {:>9.2} {:>9.2} {:>6.2}x {:>12.1} {:>12.2}",
+                        row.placement,
+                        mode.name(),
+                        row.visual_tokens,
+                        row.prefill_s,
+                        row.decode_tok_s,
+                        row.decode_vs_cpu,
+                        row.transfer_bytes_per_decode_step / 1024.0,
+                        mib(row.prefill_transfer_bytes)
+                    );
+                }
+            }
+        }
+        Ok(())
+    })();
+    std::fs::remove_dir_all(&scratch).ok();
+    result
 }

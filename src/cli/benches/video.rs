@@ -234,6 +234,17 @@ pub struct VideoModeOptions {
     /// Answers generated (the median decode speed is reported).
     pub reps: usize,
     pub question: String,
+    /// Where the language model runs (`ModelOptions::device`, `gpu_layers`, `rpc`).
+    pub device: String,
+    pub gpu_layers: usize,
+    pub rpc: Vec<String>,
+}
+
+impl VideoModeOptions {
+    /// The language model's load options.
+    pub fn model_options(&self) -> ModelOptions {
+        ModelOptions { device: Some(self.device.clone()), gpu_layers: self.gpu_layers, rpc: self.rpc.clone(), ..ModelOptions::new(&self.model) }
+    }
 }
 
 /// What encoding the frames with one vision setting cost (measured in its own process).
@@ -299,6 +310,12 @@ pub struct LlmReport {
     pub mean_kept_fraction: f64,
     /// Scoring and selection time / decode time.
     pub scoring_share: f64,
+    /// Bytes moved between devices per decode step, and for the whole prompt (0 on the CPU
+    /// alone; see `Timings`).
+    #[serde(default)]
+    pub transfer_bytes_per_decode_step: f64,
+    #[serde(default)]
+    pub prefill_transfer_bytes: u64,
 }
 
 /// One mode's row of the report: what the user waits for with a vision setting and a compression
@@ -420,7 +437,7 @@ pub fn peak_rss_bytes() -> Option<u64> {
 /// Measures the language model's side of `compression` on `features`: TTM, prefill, `reps`
 /// answers of `gen_tokens` greedy tokens.
 pub fn run_llm_mode(opts: &VideoModeOptions, features: &EncodedMedia, compression: CompressionMode) -> Result<LlmReport> {
-    let model = Model::load(&ModelOptions::new(&opts.model))?;
+    let model = Model::load(&opts.model_options())?;
     let settings = compression.compression();
     let prompt_tokens = prompt_positions(&model, features, settings, &opts.question)?;
     let mut c = conversation(&model, opts.threads, settings, prompt_tokens + opts.gen_tokens + 1)?;
@@ -471,6 +488,8 @@ pub fn run_llm_mode(opts: &VideoModeOptions, features: &EncodedMedia, compressio
         recalls: stats.dp.recalls,
         mean_kept_fraction: stats.dp.mean_kept_fraction(),
         scoring_share: stats.dp.scoring.as_secs_f64() / decode_total.as_secs_f64().max(1e-9),
+        transfer_bytes_per_decode_step: c.session().llm().timings().transfer_bytes_per_decode_step(),
+        prefill_transfer_bytes: c.session().llm().timings().prefill_transfer_bytes,
     })
 }
 
@@ -576,7 +595,7 @@ pub fn run_fidelity(opts: &VideoModeOptions, features: &[(String, EncodedMedia)]
     let Some((_, reference_features)) = features.first() else {
         return Err(Error::invalid("fidelity", "no features to measure"));
     };
-    let model = Model::load(&ModelOptions::new(&opts.model))?;
+    let model = Model::load(&opts.model_options())?;
     let positions = prompt_positions(&model, reference_features, Compression::none(), &opts.question)? + steps + 1;
     let mut c = conversation(&model, opts.threads, Compression::none(), positions)?;
     c.push_media(reference_features.clone())?;
