@@ -361,6 +361,42 @@ fn a_dycoke_video_answer_on_an_rpc_device_matches_the_cpu() {
     }
 }
 
+/// A server killed in the middle of an answer: ggml's client aborts the process (nothing can stop
+/// that), but the user gets a line that says what happened, and no hang.
+#[test]
+fn a_server_that_dies_mid_answer_ends_the_run_with_a_clear_error() {
+    use std::io::Read;
+    let mut server = RpcServer::start();
+    let mut client = Command::new(env!("CARGO_BIN_EXE_dycoke"))
+        .args(["run", "-m"])
+        .arg(common::random_model(GgmlType::F16))
+        .args(["--rpc", &server.endpoint, "--device", "rpc0", "-ngl", "99", "-n", "2000", "--ignore-eos", "-t", "2", "-p", "hi"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the answer streams, the model is loaded and decoding runs on the server.
+    let mut stdout = client.stdout.take().unwrap();
+    let mut first = [0u8; 1];
+    stdout.read_exact(&mut first).expect("the answer starts");
+    // Keep the pipe from filling while waiting.
+    let drain = std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    server.kill();
+    let start = Instant::now();
+    while client.try_wait().unwrap().is_none() {
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = client.kill();
+            panic!("the client still ran 30 s after its server died");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = client.wait_with_output().unwrap();
+    let _ = drain.join();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("an RPC server stopped answering"), "{stderr}");
+}
+
 /// A server that cannot allocate the weights (its address space limited to 300 MB, less than the
 /// real model's 374 MB of weights) makes loading fail with an error naming the device and the
 /// size, not an abort. Needs the real model and `prlimit` (util-linux); skipped without them.

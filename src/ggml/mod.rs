@@ -61,7 +61,29 @@ pub(crate) extern "C" fn log_callback(level: sys::ggml_log_level, text: *const c
     }
 }
 
-/// One-time setup: routes ggml's log through our level filter. Called by every entry point.
+/// Called by ggml just before it aborts the process (GGML_ABORT), which nothing can stop. Its
+/// message names ggml's source line; this says what it means for the user where that is known:
+/// ggml's RPC client aborts when a server dies or drops the connection in the middle of a
+/// computation, after the handshake checks of `rpc` (README, "RPC").
+extern "C" fn on_ggml_abort(message: *const std::ffi::c_char) {
+    let text = if message.is_null() {
+        String::new()
+    } else {
+        // SAFETY: ggml passes a NUL-terminated message.
+        unsafe { CStr::from_ptr(message) }.to_string_lossy().into_owned()
+    };
+    if text.contains("Remote RPC server crashed") {
+        eprintln!(
+            "error: an RPC server stopped answering in the middle of a computation (it crashed, was stopped, or \
+             the connection dropped); this process cannot continue. Restart the server and run again. (ggml: {text})"
+        );
+    } else {
+        eprintln!("error: ggml stopped the process: {text}");
+    }
+}
+
+/// One-time setup: routes ggml's log through our level filter and names the cause of ggml's
+/// aborts. Called by every entry point.
 pub fn init() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
@@ -78,6 +100,7 @@ pub fn init() {
         // SAFETY: the callback is a plain function valid for the whole process.
         unsafe {
             sys::ggml_log_set(Some(log_callback), std::ptr::null_mut());
+            sys::ggml_set_abort_callback(Some(on_ggml_abort));
             sys::ggml_cpu_init();
         }
     });

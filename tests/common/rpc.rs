@@ -68,11 +68,15 @@ impl RpcServer {
         panic!("dycoke rpc-server did not start on any of 5 free ports");
     }
 
+    /// Stops the server at once (as a crash would).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for RpcServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }

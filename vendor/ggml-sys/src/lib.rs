@@ -19,7 +19,7 @@ pub use llama_cpp_sys_2::{
     ggml_nelements, ggml_new_graph_custom, ggml_new_tensor, ggml_norm, ggml_permute,
     ggml_prec_set_acc, ggml_quantize_chunk, ggml_quantize_init, ggml_quantize_requires_imatrix,
     ggml_reshape_1d, ggml_reshape_2d, ggml_reshape_3d, ggml_reshape_4d, ggml_rms_norm,
-    ggml_rope_ext, ggml_set_input, ggml_set_name, ggml_set_output, ggml_set_rows, ggml_soft_max_ext,
+    ggml_rope_ext, ggml_set_abort_callback, ggml_set_input, ggml_set_name, ggml_set_output, ggml_set_rows, ggml_soft_max_ext,
     ggml_swiglu_split, ggml_tensor, ggml_tensor_overhead, ggml_type_size, ggml_used_mem,
     ggml_view_1d, ggml_view_2d, ggml_view_3d, ggml_view_4d,
 };
