@@ -177,10 +177,9 @@ pub struct WeightLoader {
     cpu: Device,
     repack_types: Vec<BufferType>,
     host: Group,
-    /// Copies on the CPU: repacked layouts, and converted matrices in plain CPU memory.
+    /// Copies, one group per buffer type: repacked layouts and converted matrices in CPU memory,
+    /// and uploads to each device (every device has a buffer type of its own).
     copied: Vec<Group>,
-    /// Uploaded copies, one group per device.
-    devices: Vec<(Device, Group)>,
     convert: Option<MatrixTypeRule>,
     matrices: Vec<MatrixPlacement>,
 }
@@ -191,7 +190,7 @@ impl WeightLoader {
         let cpu = Device::cpu();
         let repack_types = if placement.repack { cpu.extra_buffer_types() } else { Vec::new() };
         let host = Group { buft: BufferType::cpu(), ctx: Context::new(n, 0), items: Vec::new() };
-        WeightLoader { file, placement, cpu, repack_types, host, copied: Vec::new(), devices: Vec::new(), convert: None, matrices: Vec::new() }
+        WeightLoader { file, placement, cpu, repack_types, host, copied: Vec::new(), convert: None, matrices: Vec::new() }
     }
 
     /// Matrices declared from now on are multiplied in `rule(stored type)`: where that differs from
@@ -219,23 +218,16 @@ impl WeightLoader {
     pub fn tensor(&mut self, name: &str, shape: &[u64], usage: WeightUse, layer: Option<usize>) -> Result<Tensor> {
         let info = self.file.require_tensor(name, shape)?.clone();
         self.check_type(&info, usage)?;
-        let target = self.placement.device_for(layer);
-        let on_gpu = target.is_some();
         let ne: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
         let ty = self.matrix_type(&info, usage);
-        // A converted matrix cannot point into the file: it gets CPU memory of its own.
-        let copy_to = if on_gpu { None } else { self.repack_target(ty, &info, usage).or((ty != info.ty).then(BufferType::cpu)) };
+        // Weights on a device are uploaded to its memory; on the CPU, a converted matrix cannot
+        // point into the file: it gets CPU memory of its own.
+        let copy_to = match self.placement.device_for(layer) {
+            Some(dev) => Some(dev.buffer_type()),
+            None => self.repack_target(ty, &info, usage).or((ty != info.ty).then(BufferType::cpu)),
+        };
         let n = self.file.tensors().len() + 8;
-        let group = if let Some(dev) = target {
-            let pos = match self.devices.iter().position(|(d, _)| *d == dev) {
-                Some(p) => p,
-                None => {
-                    self.devices.push((dev, Group { buft: dev.buffer_type(), ctx: Context::new(n, 0), items: Vec::new() }));
-                    self.devices.len() - 1
-                }
-            };
-            &mut self.devices[pos].1
-        } else if let Some(buft) = copy_to {
+        let group = if let Some(buft) = copy_to {
             let pos = match self.copied.iter().position(|g| g.buft == buft) {
                 Some(p) => p,
                 None => {
@@ -251,7 +243,7 @@ impl WeightLoader {
         group.ctx.set_name(&t, name);
         group.items.push((t.clone(), info.clone()));
         if usage == WeightUse::Matmul && info.shape.len() == 2 {
-            let buffer = if on_gpu || copy_to.is_some() { group.buft.name() } else { "mapped".to_string() };
+            let buffer = if copy_to.is_some() { group.buft.name() } else { "mapped".to_string() };
             self.matrices.push(MatrixPlacement { name: name.to_string(), file_type: info.ty, ty, buffer });
         }
         Ok(t)
@@ -294,7 +286,7 @@ impl WeightLoader {
 
     /// Allocates and fills every declared weight.
     pub fn finish(self) -> Result<WeightStore> {
-        let WeightLoader { file, host, copied, devices, matrices, .. } = self;
+        let WeightLoader { file, host, copied, matrices, .. } = self;
         let mut store = WeightStore { contexts: Vec::new(), copied_bytes: 0, mapped_bytes: 0, buffers: Vec::new(), matrices: Vec::new() };
 
         if !host.items.is_empty() {
@@ -313,7 +305,7 @@ impl WeightLoader {
             store.contexts.push(host.ctx);
         }
 
-        for group in copied.into_iter().chain(devices.into_iter().map(|(_, g)| g)) {
+        for group in copied {
             let buffer = group.buft.alloc_context_tensors(&group.ctx).ok_or_else(|| {
                 file.error::<crate::gguf::Error>(GgufError::Io(std::io::Error::other(format!(
                     "could not allocate {} bytes of {} memory for the weights",

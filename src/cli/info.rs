@@ -59,7 +59,6 @@ pub fn run(a: InfoArgs) -> dycoke::Result<()> {
 /// Prints each device as `NAME  KIND  DESCRIPTION  free/total MiB`, like llama.cpp's
 /// `--list-devices`.
 fn list_devices(rpc: &[String]) -> dycoke::Result<()> {
-    dycoke::ggml::init();
     dycoke::model::add_rpc_servers(rpc)?;
     println!("devices:");
     for d in dycoke::ggml::Device::all() {

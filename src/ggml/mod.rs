@@ -78,7 +78,8 @@ extern "C" fn on_ggml_abort(message: *const std::ffi::c_char) {
              the connection dropped); this process cannot continue. Restart the server and run again. (ggml: {text})"
         );
     } else {
-        eprintln!("error: ggml stopped the process: {text}");
+        // The backtrace ggml prints when no callback is set, so that a bug stays findable.
+        eprintln!("error: ggml stopped the process: {text}\n{}", std::backtrace::Backtrace::force_capture());
     }
 }
 
